@@ -1,0 +1,167 @@
+"""Files: atomic writes, streaming parquet readers/writers for records and the dropped-row ledger."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.records import Record
+
+MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+RECORD_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("messages", MESSAGE_TYPE),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("lang", pa.string()),
+        ("line", pa.int64()),
+        ("meta", pa.string()),
+    ]
+)
+
+LEDGER_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("duplicate_of", pa.string()),
+        ("source", pa.string()),
+        ("line", pa.int64()),
+        # The dropped row itself (JSON), so a drop can be inspected or recovered: nothing is lost.
+        ("record", pa.string()),
+    ]
+)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path next to ``path``; rename it over ``path`` only if the block succeeds.
+
+    No partial file is ever visible under the final name, even after ``kill -9``.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+class ParquetWriter:
+    """Streams batches of rows into one parquet file, published atomically on ``close()``."""
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema):
+        self.path = Path(path)
+        self.schema = schema
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        self.rows = 0
+
+    def write_rows(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        cols = {name: [r.get(name) for r in rows] for name in self.schema.names}
+        table = pa.Table.from_pydict(cols, schema=self.schema)
+        self._writer.write_table(table)
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(BaseException):
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ParquetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def record_schema(extra: dict[str, pa.DataType] | None = None, base: pa.Schema | None = None) -> pa.Schema:
+    """The record schema plus attribute columns (``extra``) stages add."""
+    schema = base if base is not None else RECORD_SCHEMA
+    for name, typ in (extra or {}).items():
+        if schema.get_field_index(name) < 0:
+            schema = schema.append(pa.field(name, typ))
+    return schema
+
+
+def iter_record_batches(path: str | os.PathLike, batch_size: int = 2048) -> Iterator[list[Record]]:
+    """Stream records from a records parquet file, ``batch_size`` at a time (never the whole file)."""
+    pf = pq.ParquetFile(path)
+    for rb in pf.iter_batches(batch_size=batch_size):
+        yield [Record.from_row(r) for r in rb.to_pylist()]
+
+
+def read_records(path: str | os.PathLike) -> list[Record]:
+    """All records of a (small) file; stages use :func:`iter_record_batches`."""
+    return [r for b in iter_record_batches(path) for r in b]
+
+
+def parquet_schema(path: str | os.PathLike) -> pa.Schema:
+    return pq.read_schema(path)
+
+
+def count_rows(path: str | os.PathLike) -> int:
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def write_records(path: str | os.PathLike, records: list[Record], extra: dict[str, pa.DataType] | None = None) -> None:
+    """Write records in one go (small outputs, tests, demo data)."""
+    extra = dict(extra or {})
+    for r in records:
+        for k, v in r.attrs.items():
+            if k not in extra:
+                extra[k] = _infer_type(v)
+    with ParquetWriter(path, record_schema(extra)) as w:
+        w.write_rows([r.to_row() for r in records])
+
+
+def _infer_type(value: Any) -> pa.DataType:
+    if isinstance(value, bool):
+        return pa.bool_()
+    if isinstance(value, int):
+        return pa.int64()
+    if isinstance(value, float):
+        return pa.float64()
+    if isinstance(value, str):
+        return pa.string()
+    return pa.string() if value is None else pa.infer_type([value])

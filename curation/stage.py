@@ -1,0 +1,217 @@
+"""The one shape every curation stage has.
+
+A stage takes records + its config and returns, per batch, the records it keeps and the ones it
+drops, each drop with a reason (data, not a log line). Stages that need a global view (dedup's
+clusters, selection's ranking) make a first pass with :meth:`Stage.fit` that keeps only compact
+state (signatures, scores), never the texts. The runner streams batches from parquet, writes
+``output.parquet``, ``ledger.parquet`` and ``stats.json``, and checks the ledger invariant:
+rows in = rows kept + rows dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from curation.io import (
+    LEDGER_SCHEMA,
+    ParquetWriter,
+    iter_record_batches,
+    parquet_schema,
+    read_json,
+    record_schema,
+    write_json,
+)
+from curation.records import Record
+
+
+@dataclass(slots=True)
+class Drop:
+    """One dropped input row: why, and (for duplicates) which kept row it duplicates."""
+
+    record: Record
+    reason: str
+    detail: str = ""
+    duplicate_of: str | None = None
+
+
+@dataclass(slots=True)
+class StageOutput:
+    kept: list[Record] = field(default_factory=list)
+    dropped: list[Drop] = field(default_factory=list)
+
+
+class LedgerBalanceError(RuntimeError):
+    """A stage lost or invented rows: a bug, never a user error."""
+
+
+class Stage:
+    """Base class: subclasses set ``name``, ``Config`` and implement :meth:`process`."""
+
+    name: ClassVar[str] = "stage"
+    Config: ClassVar[type[BaseModel]]
+    #: attribute columns this stage adds to records (name → arrow type)
+    attr_fields: ClassVar[dict[str, pa.DataType]] = {}
+    #: True when the stage needs a first pass over all input (``fit``) before ``process``
+    needs_fit: ClassVar[bool] = False
+
+    def __init__(self, config: BaseModel | None = None):
+        self.config = config if config is not None else self.Config()
+        self.counters: Counter[str] = Counter()
+
+    def fit(self, batches: Iterable[list[Record]]) -> None:  # pragma: no cover - default no-op
+        for _ in batches:
+            pass
+
+    def process(self, batch: list[Record]) -> StageOutput:
+        raise NotImplementedError
+
+    def added(self) -> Iterator[list[Record]]:
+        """Records the stage brings in from outside its input, after ``process`` saw every batch.
+
+        Only the mixer does this (general-data replay rows). They are counted as ``rows_added``;
+        the invariant becomes rows in + rows added = rows kept + rows dropped.
+        """
+        return iter(())
+
+    def stats(self) -> dict[str, Any]:
+        """Stage-specific figures, merged into ``stats.json`` (the report reads them)."""
+        return dict(self.counters)
+
+    def fingerprint(self) -> str:
+        payload = {"stage": self.name, "version": getattr(self, "version", 1), "config": self.config.model_dump(mode="json")}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def drop_row(d: Drop, stage: str) -> dict[str, Any]:
+    r = d.record
+    return {
+        "id": r.id,
+        "stage": stage,
+        "reason": d.reason,
+        "detail": d.detail,
+        "duplicate_of": d.duplicate_of,
+        "source": r.source,
+        "line": r.line,
+        "record": json.dumps(
+            {"messages": r.messages, "text": r.text, "meta": r.meta, "attrs": r.attrs},
+            ensure_ascii=False,
+            default=str,
+        ),
+    }
+
+
+def apply_stage(stage: Stage, records: list[Record], batch_size: int = 2048) -> tuple[list[Record], list[Drop], dict]:
+    """Run a stage on in-memory records (API and tests); same logic as :func:`run_stage`."""
+    batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
+    if stage.needs_fit:
+        stage.fit(iter(batches))
+    kept: list[Record] = []
+    dropped: list[Drop] = []
+    for b in batches:
+        out = stage.process(b)
+        _check_balance(stage, len(b), out)
+        kept.extend(out.kept)
+        dropped.extend(out.dropped)
+    n_added = 0
+    for b in stage.added():
+        kept.extend(b)
+        n_added += len(b)
+    stats = _stats(stage, len(records), len(kept), Counter(d.reason for d in dropped), 0.0, n_added)
+    return kept, dropped, stats
+
+
+def _check_balance(stage: Stage, n_in: int, out: StageOutput) -> None:
+    if n_in != len(out.kept) + len(out.dropped):
+        raise LedgerBalanceError(
+            f"stage {stage.name!r}: {n_in} rows in but {len(out.kept)} kept + {len(out.dropped)} dropped"
+        )
+
+
+def _stats(stage: Stage, n_in: int, n_out: int, reasons: Counter, seconds: float, n_added: int = 0) -> dict[str, Any]:
+    n_dropped = sum(reasons.values())
+    if n_in + n_added != n_out + n_dropped:
+        raise LedgerBalanceError(
+            f"stage {stage.name!r}: {n_in} in + {n_added} added != {n_out} kept + {n_dropped} dropped"
+        )
+    return {
+        "stage": stage.name,
+        "rows_in": n_in,
+        "rows_added": n_added,
+        "rows_out": n_out,
+        "rows_dropped": n_dropped,
+        "dropped_by_reason": dict(sorted(reasons.items())),
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(n_in / seconds, 1) if seconds > 0 else None,
+        "extra": stage.stats(),
+    }
+
+
+def run_stage(
+    stage: Stage,
+    input_path: str | Path,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 2048,
+    input_fingerprint: str = "",
+    resume: bool = False,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Stream ``input_path`` through ``stage`` into ``out_dir`` (output, ledger, stats).
+
+    With ``resume`` a stage whose ``stats.json`` carries the same fingerprint (input content +
+    stage config) is not run again: its files are complete, since every file is published
+    atomically and ``stats.json`` is written last.
+    """
+    out_dir = Path(out_dir)
+    fp = hashlib.sha256(f"{input_fingerprint}|{stage.fingerprint()}".encode()).hexdigest()[:16]
+    stats_path = out_dir / "stats.json"
+    if resume and stats_path.exists():
+        prev = read_json(stats_path)
+        if prev.get("fingerprint") == fp:
+            prev["cached"] = True
+            return prev
+
+    started = time.perf_counter()
+    schema = record_schema(stage.attr_fields, base=parquet_schema(input_path))
+    if stage.needs_fit:
+        stage.fit(iter_record_batches(input_path, batch_size))
+    n_in = n_out = 0
+    reasons: Counter[str] = Counter()
+    with (
+        ParquetWriter(out_dir / "output.parquet", schema) as out_w,
+        ParquetWriter(out_dir / "ledger.parquet", LEDGER_SCHEMA) as led_w,
+    ):
+        for batch in _progress(iter_record_batches(input_path, batch_size), progress):
+            out = stage.process(batch)
+            _check_balance(stage, len(batch), out)
+            out_w.write_rows([r.to_row() for r in out.kept])
+            led_w.write_rows([drop_row(d, stage.name) for d in out.dropped])
+            reasons.update(d.reason for d in out.dropped)
+            n_in += len(batch)
+            n_out += len(out.kept)
+        n_added = 0
+        for extra in stage.added():
+            out_w.write_rows([r.to_row() for r in extra])
+            n_added += len(extra)
+            n_out += len(extra)
+    stats = _stats(stage, n_in, n_out, reasons, time.perf_counter() - started, n_added)
+    stats["fingerprint"] = fp
+    write_json(stats_path, stats)
+    return stats
+
+
+def _progress(batches: Iterator[list[Record]], progress: Any) -> Iterator[list[Record]]:
+    for b in batches:
+        yield b
+        if progress is not None:
+            progress(len(b))
