@@ -1,0 +1,416 @@
+"""``sftflow``: the command line.
+
+Single-stage commands (ingest, dedup, quality, score, select, mix, train, merge, eval) call the
+stage cores directly and need no Prefect; ``curate``, ``run`` and ``demo`` run the Prefect flows
+(``--local`` runs the same steps without Prefect). Errors in recipes or inputs end with one clear
+message and exit code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+console = Console(stderr=True)
+out_console = Console()
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_RECIPE = REPO / "configs" / "demo.yaml"
+
+
+class UserError(Exception):
+    pass
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from curation.ingest import SourceError
+    from curation.pipeline import ConfigError
+
+    errs: list[type[BaseException]] = [SourceError, ConfigError, UserError, FileNotFoundError]
+    try:
+        from training.models import ModelNotFoundError
+
+        errs.append(ModelNotFoundError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errs)
+
+
+def main() -> None:
+    try:
+        app()
+    except _user_errors() as e:
+        console.print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+
+
+@contextmanager
+def progress_bars():
+    """A rich progress display; yields a factory (name, total) → callback(n_rows)."""
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    ) as prog:
+
+        def factory(name: str, total: int | None) -> Callable[[int], None]:
+            tid = prog.add_task(name, total=total)
+            return lambda n: prog.advance(tid, n)
+
+        yield factory
+
+
+def _records_input(files: list[str], out: Path) -> tuple[Path, dict | None]:
+    """A records parquet to run a stage on: the file itself, or the ingest of ``files``."""
+    from curation.ingest import ingest
+    from curation.io import parquet_schema
+
+    if len(files) == 1 and files[0].endswith(".parquet") and Path(files[0]).exists():
+        names = set(parquet_schema(files[0]).names)
+        if {"id", "messages", "source", "lang"} <= names:
+            return Path(files[0]), None
+    res = ingest(files, out / "00_ingest")
+    return res.output, res.stats
+
+
+def _run_single_stage(name: str, files: list[str], out: Path, config: dict[str, Any], sets: list[str]) -> dict:
+    from curation.pipeline import build_stage
+    from curation.stage import run_stage
+    from flows.recipe import apply_overrides, parse_overrides
+
+    config = apply_overrides(config, parse_overrides(sets))
+    stage = build_stage(name, config)
+    src, ing = _records_input(files, out)
+    with progress_bars() as pf:
+        from curation.io import count_rows
+
+        stats = run_stage(stage, src, out, progress=pf(name, count_rows(src)))
+    _print_stage(stats, ing)
+    return stats
+
+
+def _print_stage(stats: dict, ingest_stats: dict | None = None) -> None:
+    if ingest_stats:
+        out_console.print(f"ingest: {ingest_stats['rows_in']} rows in → {ingest_stats['rows_out']} records; "
+                          f"dropped {ingest_stats['dropped_by_reason'] or 'none'}")
+    out_console.print(
+        f"{stats['stage']}: {stats['rows_in']} in (+{stats.get('rows_added', 0)} added) → {stats['rows_out']} out; "
+        f"dropped {stats['dropped_by_reason'] or 'none'}"
+    )
+
+
+def _kv(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        for part in item.split(","):
+            if "=" not in part:
+                raise UserError(f"--field-map {part!r}: expected canonical=source, e.g. instruction=question")
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# curation commands
+
+
+@app.command()
+def ingest(
+    files: list[str] = typer.Argument(..., help="files, folders, globs or hf://owner/name?split=train"),
+    out: Path = typer.Option(..., "--out", help="output folder"),
+    field_map: list[str] = typer.Option([], "--field-map", help="canonical=source, e.g. instruction=question"),
+) -> None:
+    """Read instruction data of any supported format into the record schema (+ ledger)."""
+    from curation.ingest import IngestConfig
+    from curation.ingest import ingest as run_ingest
+    from curation.pipeline import format_validation_error
+
+    try:
+        cfg = IngestConfig(field_map=_kv(field_map))
+    except Exception as e:  # pydantic ValidationError
+        raise UserError(format_validation_error(e) if hasattr(e, "errors") else str(e)) from None
+    with progress_bars() as pf:
+        res = run_ingest(files, out, cfg, progress=pf("ingest", None))
+    st = res.stats
+    out_console.print(f"ingest: {st['rows_in']} rows in → {st['rows_out']} records in {res.output}")
+    out_console.print(f"dropped: {st['dropped_by_reason'] or 'none'} (ledger: {res.ledger})")
+    if st["rows_in"] > 0 and st["rows_out"] == 0:
+        console.print("[bold red]error:[/] no row could be read; see the ledger for the reason of each")
+        raise typer.Exit(1)
+    if st["rows_in"] == 0:
+        console.print("[bold red]error:[/] the sources contain no rows")
+        raise typer.Exit(1)
+
+
+@app.command()
+def dedup(
+    files: list[str] = typer.Argument(...),
+    out: Path = typer.Option(..., "--out"),
+    threshold: float | None = typer.Option(None, "--threshold", help="Jaccard threshold for near duplicates"),
+    num_perm: int | None = typer.Option(None, "--num-perm"),
+    ngram: int | None = typer.Option(None, "--ngram"),
+    index: str | None = typer.Option(None, "--index", help="persistent index folder or redis://host:port/db"),
+    sets: list[str] = typer.Option([], "--set", help="key=value config overrides"),
+) -> None:
+    """Exact + MinHash-LSH near-duplicate removal."""
+    cfg = {k: v for k, v in dict(threshold=threshold, num_perm=num_perm, ngram=ngram, index=index).items()
+           if v is not None}
+    _run_single_stage("dedup", files, out, cfg, sets)
+
+
+@app.command()
+def quality(
+    files: list[str] = typer.Argument(..., help="input files, or the word 'train' to train the classifier"),
+    out: Path = typer.Option(..., "--out", help="output folder (or the model path with 'train')"),
+    model: str | None = typer.Option(None, "--model", help="fastText quality model to apply"),
+    pos: list[str] = typer.Option([], "--pos", help="with 'train': files of good examples"),
+    neg: list[str] = typer.Option([], "--neg", help="with 'train': files of bad examples"),
+    sets: list[str] = typer.Option([], "--set"),
+) -> None:
+    """Rule heuristics + fastText quality filter. `sftflow quality train --pos F --neg F --out MODEL` trains one."""
+    if files and files[0] == "train":
+        from curation.quality_model import train_classifier
+
+        if not pos or not neg:
+            raise UserError("quality train needs --pos and --neg files")
+        metrics = train_classifier(pos, neg, str(out))
+        out_console.print(json.dumps(metrics, indent=2, ensure_ascii=False, default=str))
+        return
+    cfg = {"model": model} if model else {}
+    _run_single_stage("quality", files, out, cfg, sets)
+
+
+@app.command()
+def score(files: list[str] = typer.Argument(...), out: Path = typer.Option(..., "--out"),
+          sets: list[str] = typer.Option([], "--set")) -> None:
+    """Complexity, task type and diversity features for every record."""
+    _run_single_stage("score", files, out, {}, sets)
+
+
+@app.command()
+def select(files: list[str] = typer.Argument(...), out: Path = typer.Option(..., "--out"),
+           budget: int | None = typer.Option(None, "--budget"), sets: list[str] = typer.Option([], "--set")) -> None:
+    """Keep the hardest, best and most varied records within a budget."""
+    _run_single_stage("select", files, out, {"budget": budget} if budget else {}, sets)
+
+
+@app.command()
+def mix(
+    task: list[str] = typer.Option(..., "--task", help="task data (records parquet or any ingestable file)"),
+    general: list[str] = typer.Option(..., "--general", help="general-data pool files"),
+    ratio: float = typer.Option(0.2, "--ratio", help="share of the final mixture that is general data"),
+    out: Path = typer.Option(..., "--out"),
+    by: str = typer.Option("rows", "--by", help="rows or tokens"),
+    seed: int = typer.Option(0, "--seed"),
+    sets: list[str] = typer.Option([], "--set"),
+) -> None:
+    """Mix general data back in (replay) against catastrophic forgetting."""
+    _run_single_stage("mix", task, out, {"general": general, "ratio": ratio, "by": by, "seed": seed}, sets)
+
+
+@app.command()
+def curate(
+    recipe: Path = typer.Option(..., "--recipe"),
+    out: str | None = typer.Option(None, "--out", help="run folder (default runs/<name>-<time>)"),
+    resume: bool = typer.Option(False, "--resume", help="skip stages already done with the same input+config"),
+    sets: list[str] = typer.Option([], "--set"),
+    local: bool = typer.Option(False, "--local", help="run without Prefect"),
+) -> None:
+    """Ingest + every curation stage of a recipe."""
+    from flows import runner
+    from flows.recipe import load_recipe
+    from flows.summary import print_curation
+
+    r = load_recipe(recipe, sets)
+    if local:
+        rd = runner.new_run_dir(r, out)
+        with progress_bars() as pf:
+            summary = runner.step_curate(r, rd, resume=resume, progress_factory=pf)
+        runner.write_run_info(rd, r, curate=summary)
+    else:
+        from flows.flows import curate_flow
+
+        res = curate_flow(r, out, resume)
+        rd, summary = Path(res["run_dir"]), res["curate"]
+    print_curation(summary, out_console)
+    out_console.print(f"run folder: {rd}")
+
+
+# ------------------------------------------------------------------------------------------------
+# training and eval
+
+
+@app.command()
+def train(
+    model: str = typer.Option(..., "--model", help="hub id, local folder, or alias (smollm2-135m-instruct, tiny-random-llama)"),
+    data: Path = typer.Option(..., "--data", help="records parquet (a curation output)"),
+    method: str = typer.Option("lora", "--method", help="lora, ia3, bitfit, adapter or full"),
+    out: Path = typer.Option(..., "--out"),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16"),
+    max_steps: int | None = typer.Option(None, "--max-steps"),
+    resume: bool = typer.Option(False, "--resume"),
+    sets: list[str] = typer.Option([], "--set"),
+) -> None:
+    """Supervised fine-tuning (no Prefect needed)."""
+    from curation.pipeline import format_validation_error
+    from flows.recipe import parse_overrides
+    from training.config import TrainConfig
+    from training.sft import train as run_train
+
+    cfg: dict[str, Any] = {"model": model, "method": method, "precision": precision, **parse_overrides(sets)}
+    if max_steps is not None:
+        cfg["max_steps"] = max_steps
+    try:
+        tc = TrainConfig.model_validate(cfg)
+    except Exception as e:
+        raise UserError(format_validation_error(e, "train") if hasattr(e, "errors") else str(e)) from None
+    if not data.exists():
+        raise UserError(f"{data}: no such data file")
+    with progress_bars() as pf:
+        summary = run_train(tc, data, out, resume=resume, progress=pf("train steps", tc.max_steps))
+    out_console.print(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def merge(base: str = typer.Option(..., "--base"), adapter: Path = typer.Option(..., "--adapter"),
+          out: Path = typer.Option(..., "--out")) -> None:
+    """Merge a trained adapter into its base model (a full safetensors model folder)."""
+    from training.merge import merge as run_merge
+
+    run_merge(base, adapter, out)
+    out_console.print(f"merged model: {out}")
+
+
+@app.command("eval")
+def eval_cmd(
+    base: str = typer.Option(..., "--base"),
+    adapter: str | None = typer.Option(None, "--adapter", help="a training output folder"),
+    suite: str = typer.Option("quick", "--suite", help="quick, full, or comma-separated task names"),
+    out: Path = typer.Option(..., "--out"),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="local benchmark copies (else the hub)"),
+    limit: int | None = typer.Option(None, "--limit", help="items per task"),
+    sets: list[str] = typer.Option([], "--set"),
+) -> None:
+    """Before/after general-capability eval with paired statistics; writes verdict.json."""
+    from evals.run import EvalConfig, evaluate
+
+    from curation.pipeline import format_validation_error
+    from flows.recipe import parse_overrides
+    from flows.summary import print_verdict
+
+    cfg: dict[str, Any] = {"suite": suite, **parse_overrides(sets)}
+    if data_dir:
+        cfg["data_dir"] = data_dir
+    if limit is not None:
+        cfg["limit"] = limit
+    try:
+        ec = EvalConfig.model_validate(cfg)
+    except Exception as e:
+        raise UserError(format_validation_error(e, "eval") if hasattr(e, "errors") else str(e)) from None
+    with progress_bars() as pf:
+        verdict = evaluate(ec, base, adapter, out, progress=pf("eval items", None))
+    print_verdict(verdict, out_console)
+    out_console.print(f"verdict: {out / 'verdict.json'}")
+
+
+# ------------------------------------------------------------------------------------------------
+# whole runs
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Option(..., "--recipe"),
+    out: str | None = typer.Option(None, "--out", help="run folder (default runs/<name>-<time>)"),
+    resume: bool = typer.Option(False, "--resume"),
+    sets: list[str] = typer.Option([], "--set"),
+    local: bool = typer.Option(False, "--local", help="run without Prefect"),
+) -> None:
+    """curate → SFT → before/after eval → gate, as one Prefect flow."""
+    _run_pipeline(recipe, out, resume, sets, local)
+
+
+@app.command()
+def demo(
+    out: str | None = typer.Option(None, "--out"),
+    sets: list[str] = typer.Option([], "--set"),
+    local: bool = typer.Option(False, "--local"),
+) -> None:
+    """The whole pipeline on the embedded demo data and SmolLM2-135M (offline, CPU ≤ 15 min)."""
+    _run_pipeline(DEMO_RECIPE, out, False, sets, local)
+
+
+def _run_pipeline(recipe: Path, out: str | None, resume: bool, sets: list[str], local: bool) -> None:
+    from flows import runner
+    from flows.recipe import load_recipe
+    from flows.summary import print_curation, print_verdict
+
+    r = load_recipe(recipe, sets)
+    rd = runner.new_run_dir(r, out)
+    failed: Exception | None = None
+    if local:
+        with progress_bars() as pf:
+            summary = runner.step_curate(r, rd, resume=resume, progress_factory=pf)
+            res: dict[str, Any] = {"curate": summary}
+            if r.train is not None:
+                split = runner.step_split(r, rd)
+                res["train"] = runner.step_train(r, split["train"], rd, resume=resume,
+                                                 progress=pf("train steps", r.train_config().max_steps))
+                if r.eval is not None:
+                    res["verdict"] = runner.step_eval(r, rd, split["heldout"])
+        runner.write_run_info(rd, r, curate=summary, verdict=(res.get("verdict") or {}).get("verdict"))
+    else:
+        from flows.flows import pipeline_flow
+
+        try:
+            res = pipeline_flow(r, str(rd), resume)
+        except runner.GateFailed as e:
+            failed = e
+            res = {}
+    _finish(rd, res, failed, print_curation, print_verdict)
+
+
+def _finish(rd: Path, res: dict, failed: Exception | None, print_curation, print_verdict) -> None:
+    from curation.io import read_json
+
+    summary = res.get("curate") or (read_json(rd / "curate" / "summary.json")
+                                    if (rd / "curate" / "summary.json").exists() else None)
+    if summary:
+        print_curation(summary, out_console)
+    tr = res.get("train") or (read_json(rd / "train" / "summary.json") if (rd / "train" / "summary.json").exists()
+                              else None)
+    if tr:
+        out_console.print(
+            f"SFT: {tr.get('method')} {tr.get('steps')} steps, loss {tr.get('first_loss')} → {tr.get('final_loss')}, "
+            f"{tr.get('tokens_per_s')} tokens/s"
+        )
+    verdict = res.get("verdict") or (read_json(rd / "eval" / "verdict.json")
+                                     if (rd / "eval" / "verdict.json").exists() else None)
+    if verdict:
+        print_verdict(verdict, out_console)
+    report = rd / "report.html"
+    try:
+        from flows.report import build_report
+
+        build_report(rd)
+    except ImportError:
+        report = None
+    out_console.print(f"run folder: {rd}")
+    if report is not None and report.exists():
+        out_console.print(f"report: {report}")
+    if failed is not None:
+        console.print(f"[bold red]{failed}[/]")
+        raise typer.Exit(3)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

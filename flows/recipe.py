@@ -1,0 +1,202 @@
+"""Recipes: one YAML file describes a whole run (sources → stages → SFT → eval → gate).
+
+```yaml
+name: demo
+sources: [../data/demo/instructions.jsonl]     # relative paths resolve against the recipe's folder
+ingest: {field_map: {}}
+stages:                                         # data-juicer style: one entry per stage, in order
+  - dedup: {threshold: 0.8}
+  - quality: {}
+train: {model: smollm2-135m-instruct, method: lora, max_steps: 30}
+eval: {suite: quick}
+gate: {on_regressed: fail}
+```
+
+Every part is a pydantic model owned by its package (``IngestConfig`` by curation, ``TrainConfig``
+by training, ``EvalConfig`` by evals); this module only composes them, applies ``--set key=value``
+overrides and turns validation errors into one line per problem naming the file and the key.
+Importing this module does not import Prefect.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from curation.ingest import IngestConfig
+from curation.pipeline import STAGES, ConfigError, format_validation_error, stage_class
+
+
+class HeldoutConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fraction: float = Field(0.05, ge=0, lt=1, description="share of curated task rows held out for the target eval")
+    max_rows: int = Field(64, ge=0)
+    seed: int = 0
+
+
+class GateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    on_regressed: Literal["fail", "warn"] = "fail"
+    on_inconclusive: Literal["fail", "warn"] = "warn"
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "run"
+    sources: list[str] = Field(default_factory=list)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    stages: list[dict[str, dict[str, Any] | None]] = Field(default_factory=list)
+    heldout: HeldoutConfig = Field(default_factory=HeldoutConfig)
+    train: dict[str, Any] | None = None
+    eval: dict[str, Any] | None = None
+    gate: GateConfig = Field(default_factory=GateConfig)
+    runs_dir: str = "runs"
+    #: folder the recipe came from (relative paths resolve against it); not part of the YAML
+    base_dir: str = "."
+
+    @field_validator("stages")
+    @classmethod
+    def _one_key_per_stage(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, entry in enumerate(v):
+            if len(entry) != 1:
+                raise ValueError(f"entry {i} must have exactly one stage name as key, got {list(entry)}")
+            (name,) = entry
+            if name not in STAGES:
+                raise ValueError(f"entry {i}: unknown stage {name!r} (known: {', '.join(STAGES)})")
+        return v
+
+    # --- typed views (validated lazily so a curation-only recipe never imports torch) ----------
+    def stage_list(self) -> list[tuple[str, BaseModel]]:
+        out = []
+        for i, entry in enumerate(self.stages):
+            (name, cfg) = next(iter(entry.items()))
+            cfg = dict(cfg or {})
+            cls = stage_class(name)
+            for key in _path_keys(cls.Config):
+                if cfg.get(key):
+                    cfg[key] = self.resolve_paths(cfg[key])
+            try:
+                out.append((name, cls.Config.model_validate(cfg)))
+            except ValidationError as e:
+                raise ConfigError(format_validation_error(e, prefix=f"stages[{i}].{name}")) from None
+        return out
+
+    def train_config(self, **overrides: Any):
+        from training.config import TrainConfig
+
+        data = {**(self.train or {}), **overrides}
+        try:
+            return TrainConfig.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, prefix="train")) from None
+
+    def eval_config(self, **overrides: Any):
+        from evals.run import EvalConfig
+
+        data = {**(self.eval or {}), **overrides}
+        if data.get("data_dir"):
+            data["data_dir"] = str(self.resolve(data["data_dir"]))
+        try:
+            return EvalConfig.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, prefix="eval")) from None
+
+    def resolve(self, p: str) -> Path:
+        if p.startswith("hf://"):
+            return Path(p)
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else (Path(self.base_dir) / path).resolve()
+
+    def resolve_paths(self, v: Any) -> Any:
+        if isinstance(v, str):
+            return v if v.startswith(("hf://", "redis://")) else str(self.resolve(v))
+        if isinstance(v, list):
+            return [self.resolve_paths(x) for x in v]
+        return v
+
+    def source_paths(self) -> list[str]:
+        return [self.resolve_paths(s) for s in self.sources]
+
+    def validate_all(self) -> None:
+        """Validate every part now (the CLI does this before starting a long run)."""
+        self.stage_list()
+        if self.train is not None:
+            self.train_config()
+        if self.eval is not None:
+            self.eval_config()
+
+
+def _path_keys(config_cls: type[BaseModel]) -> list[str]:
+    """Config fields that hold file paths (resolved against the recipe folder)."""
+    return [k for k in ("general", "index", "model") if k in config_cls.model_fields]
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.max_steps=10", "stages.dedup.threshold=0.7"]`` → nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if parts[0] == "stages" and len(parts) >= 3:
+            # stages.<name>.<key...>: the (first) stage of that name
+            name = parts[1]
+            entry = next((e for e in data.setdefault("stages", []) if name in e), None)
+            if entry is None:
+                raise ConfigError(f"--set {key}: the recipe has no stage {name!r}")
+            node = entry[name] if entry[name] is not None else entry.setdefault(name, {})
+            if entry[name] is None:
+                entry[name] = node = {}
+            parts = parts[2:]
+        else:
+            node = data
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; errors name the file and the key."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    data = apply_overrides(data, parse_overrides(overrides or []))
+    data["base_dir"] = str(path.resolve().parent)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {format_validation_error(e)}") from None
+    try:
+        recipe.validate_all()
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return recipe
