@@ -20,7 +20,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="sftflow: instruction-data curation + SFT, with a built-in \"did it get dumber?\" regression gate.",
+)
 console = Console(stderr=True)
 out_console = Console()
 
@@ -410,6 +414,9 @@ def _finish(rd: Path, res: dict, failed: Exception | None, print_curation, print
         console.print(f"[bold red]{failed}[/]")
         raise typer.Exit(3)
 
+
+# Operations commands (report, serve, ...) live in their own module and register on `app`.
+from flows import ops_commands  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
