@@ -54,7 +54,7 @@ def main() -> None:
     try:
         app()
     except _user_errors() as e:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
         sys.exit(2)
 
 

@@ -1,0 +1,68 @@
+"""The CLI as a user meets it: exit codes and one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SFTFLOW = [str(Path(sys.executable).parent / "sftflow")]  # the installed console script
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*SFTFLOW, *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=300)
+
+
+def test_ingest_reports_counts_and_a_fully_bad_file_exits_nonzero(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"instruction": "Say hi", "output": "Hi there!"}) + "\n{oops\n")
+    res = _run("ingest", str(good), "--out", str(tmp_path / "a"))
+    assert res.returncode == 0, res.stderr
+    assert "2 rows in → 1 records" in res.stdout
+    assert "bad_json" in res.stdout
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{oops\n[1, 2]\n")
+    res = _run("ingest", str(bad), "--out", str(tmp_path / "b"))
+    assert res.returncode == 1
+    assert "no row could be read" in res.stderr
+
+
+def test_missing_input_and_bad_field_map_are_one_line_errors(tmp_path):
+    res = _run("ingest", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2
+    assert "nope.jsonl: no such file or directory" in res.stderr
+    assert "Traceback" not in res.stderr
+
+    f = tmp_path / "q.jsonl"
+    f.write_text(json.dumps({"q": "a", "a": "b"}) + "\n")
+    res = _run("ingest", str(f), "--out", str(tmp_path / "o"), "--field-map", "prompt_text=q")
+    assert res.returncode == 2
+    assert "unknown canonical field" in res.stderr
+
+
+def test_bad_recipe_names_file_and_key(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sources: [x.jsonl]\nstages:\n  - dedup: {threshold: high}\n")
+    res = _run("curate", "--recipe", str(recipe), "--local", "--out", str(tmp_path / "run"))
+    assert res.returncode == 2
+    assert "r.yaml: stages[0].dedup.threshold" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_curate_local_on_demo_data_balances(tmp_path):
+    res = _run("curate", "--recipe", str(REPO / "configs" / "demo.yaml"), "--local", "--out", str(tmp_path / "run"),
+               "--set", "stages.select.budget=150")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "curate" / "summary.json").read_text())
+    assert summary["balanced"] is True
+    assert summary["rows_in"] >= 300
+    reasons = {r for s in summary["stages"] for r in s["dropped_by_reason"]}
+    # the demo data plants malformed lines, duplicates and junk: each stage must find some
+    assert {"bad_json", "invalid_utf8", "exact_duplicate"} <= reasons
+    assert "Curation funnel" in res.stdout
