@@ -305,9 +305,8 @@ def eval_cmd(
     sets: list[str] = typer.Option([], "--set"),
 ) -> None:
     """Before/after general-capability eval with paired statistics; writes verdict.json."""
-    from evals.run import EvalConfig, evaluate
-
     from curation.pipeline import format_validation_error
+    from evals.run import EvalConfig, evaluate
     from flows.recipe import parse_overrides
     from flows.summary import print_verdict
 
@@ -350,6 +349,25 @@ def demo(
 ) -> None:
     """The whole pipeline on the embedded demo data and SmolLM2-135M (offline, CPU ≤ 15 min)."""
     _run_pipeline(DEMO_RECIPE, out, False, sets, local)
+
+
+@app.command()
+def experiment(
+    recipe: Path = typer.Option(..., "--recipe", help="an experiment recipe, e.g. configs/experiments/replay.yaml"),
+    out: str | None = typer.Option(None, "--out"),
+    sets: list[str] = typer.Option([], "--set"),
+) -> None:
+    """Replay experiment: the same narrow SFT at several replay ratios, each evaluated against the base."""
+    from flows.experiments import replay_flow
+    from flows.recipe import load_recipe
+
+    r = load_recipe(recipe, sets)
+    if r.experiment is None:
+        raise UserError(f"{recipe}: no `experiment:` section")
+    cmd = " ".join(["sftflow experiment --recipe", str(recipe), *[f"--set {s}" for s in sets]])
+    res = replay_flow(r, out, command=cmd)
+    out_console.print(res["markdown"])
+    out_console.print(f"run folder: {res['run_dir']}")
 
 
 def _run_pipeline(recipe: Path, out: str | None, resume: bool, sets: list[str], local: bool) -> None:

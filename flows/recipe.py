@@ -44,6 +44,24 @@ class GateConfig(BaseModel):
     on_inconclusive: Literal["fail", "warn"] = "warn"
 
 
+class ExperimentConfig(BaseModel):
+    """``experiment:`` section of an experiment recipe (see flows/experiments.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["replay"] = "replay"
+    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.3])
+    general: list[str] = Field(default_factory=list, description="general-data pool replayed into the task data")
+    by: Literal["rows", "tokens"] = "rows"
+    seed: int = 0
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 <= r < 1 for r in v):
+            raise ValueError("ratios must be a non-empty list of numbers in [0, 1)")
+        return v
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -55,6 +73,7 @@ class Recipe(BaseModel):
     train: dict[str, Any] | None = None
     eval: dict[str, Any] | None = None
     gate: GateConfig = Field(default_factory=GateConfig)
+    experiment: ExperimentConfig | None = None
     runs_dir: str = "runs"
     #: folder the recipe came from (relative paths resolve against it); not part of the YAML
     base_dir: str = "."

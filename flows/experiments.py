@@ -1,0 +1,162 @@
+"""Experiments run by sftflow's own flows. ``replay``: does mixing general data reduce forgetting?
+
+The same narrow SFT (one task family) is run at several replay ratios with the same steps and
+seed; each tuned model is evaluated against the base with the regression suite. The output is one
+comparison table — target-task gain vs general-capability delta (with CIs and the gate's verdict)
+per ratio, plus rigidity — written as ``replay.json``/``replay.md`` and a plot ``replay.png`` in the run
+folder. Curation runs once; only the mix step differs between arms.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import datetime as dt  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from curation.io import write_json  # noqa: E402
+from curation.pipeline import build_stage  # noqa: E402
+from curation.stage import run_stage  # noqa: E402
+from flows import runner  # noqa: E402
+from flows.flows import artifact_key  # noqa: E402
+from flows.recipe import Recipe, load_recipe  # noqa: E402
+
+_TASK = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(name="replay-arm", **_TASK)
+def replay_arm(recipe: Recipe, run_dir: Path, train_data: Path, heldout: Path, ratio: float) -> dict[str, Any]:
+    """Mix at ``ratio``, train, evaluate: one arm of the experiment, in ``run_dir/ratio_<r>/``."""
+    exp = recipe.experiment
+    arm = run_dir / f"ratio_{ratio:g}"
+    mix_cfg = {"general": recipe.resolve_paths(exp.general), "ratio": ratio, "seed": exp.seed, "by": exp.by}
+    mix_stats = run_stage(build_stage("mix", mix_cfg), train_data, arm / "mix", resume=True)
+    from evals.run import evaluate
+    from training.sft import train
+
+    tr = train(recipe.train_config(), arm / "mix" / "output.parquet", arm / "train")
+    ev_cfg = recipe.eval_config(target_data=str(heldout))
+    verdict = evaluate(ev_cfg, recipe.train_config().model, str(arm / "train"), arm / "eval")
+    return {"ratio": ratio, "mix": mix_stats, "train": tr, "verdict": verdict}
+
+
+def comparison_rows(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for a in arms:
+        v, tr = a["verdict"], a["train"]
+        target = v.get("target") or {}
+        row: dict[str, Any] = {
+            "ratio": a["ratio"],
+            "general_rows": a["mix"].get("rows_added", 0),
+            "train_loss": f"{tr.get('first_loss', float('nan')):.3f} → {tr.get('final_loss', float('nan')):.3f}",
+            "target_gain": target.get("delta"),
+            "verdict": v.get("verdict"),
+        }
+        for name, t in v.get("tasks", {}).items():
+            row[name] = t.get("delta")
+            row[f"{name}_ci"] = [t.get("ci_low"), t.get("ci_high")]
+        rig = v.get("rigidity") or {}
+        row["distinct2_delta"] = (rig.get("delta") or {}).get("distinct_2") if isinstance(rig.get("delta"), dict) else None
+        rows.append(row)
+    return rows
+
+
+def comparison_markdown(arms: list[dict[str, Any]], command: str) -> str:
+    tasks = list(arms[0]["verdict"].get("tasks", {}))
+    head = ["replay ratio", "general rows", "train loss", "target-task gain"] + [f"Δ {t} [95% CI]" for t in tasks]
+    head += ["verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a in arms:
+        v = a["verdict"]
+        target = v.get("target") or {}
+        cells = [f"{a['ratio']:g}", str(a["mix"].get("rows_added", 0)),
+                 f"{a['train'].get('first_loss', 0):.3f} → {a['train'].get('final_loss', 0):.3f}",
+                 _num(target.get("delta"))]
+        for t in tasks:
+            r = v["tasks"][t]
+            cells.append(f"{_num(r.get('delta'))} [{_num(r.get('ci_low'))}, {_num(r.get('ci_high'))}]")
+        cells.append(str(v.get("verdict")))
+        lines.append("| " + " | ".join(cells) + " |")
+    rig_lines = []
+    for a in arms:
+        rig = a["verdict"].get("rigidity") or {}
+        tuned = rig.get("tuned") or {}
+        base = rig.get("base") or {}
+        if tuned:
+            rig_lines.append(
+                f"| {a['ratio']:g} | " + " | ".join(
+                    f"{_num(base.get(k))} → {_num(tuned.get(k))}" for k in ("distinct_1", "distinct_2",
+                                                                        "self_similarity", "same_opening_share"))
+                + " |")
+    out = [f"Command: `{command}`; date: {dt.date.today().isoformat()}.", "", *lines]
+    if rig_lines:
+        out += ["", "Rigidity (base → tuned):", "",
+                "| ratio | distinct-1 | distinct-2 | self-similarity | same opening |", "|---|---|---|---|---|",
+                *rig_lines]
+    return "\n".join(out)
+
+
+def _num(v: Any) -> str:
+    return "-" if v is None else f"{v:+.4f}" if isinstance(v, float) else str(v)
+
+
+def plot(arms: list[dict[str, Any]], path: Path) -> Path | None:
+    """target gain and mean general delta per ratio (plotly → static PNG needs kaleido; we write HTML+SVG-free PNG via matplotlib if present)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ratios = [a["ratio"] for a in arms]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    tasks = list(arms[0]["verdict"].get("tasks", {}))
+    for t in tasks:
+        d = [a["verdict"]["tasks"][t].get("delta") or 0 for a in arms]
+        lo = [a["verdict"]["tasks"][t].get("ci_low") or 0 for a in arms]
+        hi = [a["verdict"]["tasks"][t].get("ci_high") or 0 for a in arms]
+        ax.errorbar(ratios, d, yerr=[[x - y for x, y in zip(d, lo)], [y - x for x, y in zip(d, hi)]],
+                    marker="o", capsize=3, label=t, alpha=0.8)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("replay ratio (share of general data)")
+    ax.set_ylabel("accuracy delta (tuned - base)")
+    ax.set_title("General capability after narrow SFT vs replay ratio")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+@flow(name="replay-experiment", log_prints=True)
+def replay_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: list[str] | None = None,
+                command: str = "") -> dict[str, Any]:
+    """Curate once, then mix → train → eval at each replay ratio; write the comparison table."""
+    r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    if r.experiment is None:
+        raise ValueError("the recipe has no `experiment:` section")
+    rd = runner.new_run_dir(r, run_dir)
+    log = get_run_logger()
+    curated = runner.step_curate(r, rd, resume=True)
+    log.info("curated: %s rows in → %s out", curated["rows_in"], curated["rows_out"])
+    split = runner.step_split(r, rd)
+    arms = []
+    for ratio in r.experiment.ratios:
+        log.info("arm: replay ratio %s", ratio)
+        arms.append(replay_arm(r, rd, Path(split["train"]), Path(split["heldout"]), ratio))
+    md = comparison_markdown(arms, command or f"sftflow experiment --recipe {recipe}")
+    (rd / "replay.md").write_text(md + "\n")
+    write_json(rd / "replay.json", {"arms": comparison_rows(arms), "curate": curated, "split": split})
+    plot(arms, rd / "replay.png")
+    create_markdown_artifact(key=artifact_key(r, "replay-table"), markdown=md, description="replay experiment")
+    create_table_artifact(key=artifact_key(r, "replay-arms"), table=comparison_rows(arms))
+    return {"run_dir": str(rd), "arms": arms, "markdown": md}
