@@ -124,7 +124,7 @@ def plot(arms: list[dict[str, Any]], path: Path) -> Path | None:
         d = [a["verdict"]["tasks"][t].get("delta") or 0 for a in arms]
         lo = [a["verdict"]["tasks"][t].get("ci_low") or 0 for a in arms]
         hi = [a["verdict"]["tasks"][t].get("ci_high") or 0 for a in arms]
-        ax.errorbar(ratios, d, yerr=[[x - y for x, y in zip(d, lo)], [y - x for x, y in zip(d, hi)]],
+        ax.errorbar(ratios, d, yerr=[[x - y for x, y in zip(d, lo, strict=True)], [y - x for x, y in zip(d, hi, strict=True)]],
                     marker="o", capsize=3, label=t, alpha=0.8)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("replay ratio (share of general data)")
