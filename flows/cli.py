@@ -67,6 +67,10 @@ def progress_bars():
     ) as prog:
 
         def factory(name: str, total: int | None) -> Callable[[int], None]:
+            # a new step starts when the previous one ended: close open-ended bars (unknown totals)
+            for t in prog.tasks:
+                if t.total is None:
+                    prog.update(t.id, total=t.completed)
             tid = prog.add_task(name, total=total)
             return lambda n: prog.advance(tid, n)
 
@@ -84,6 +88,25 @@ def _records_input(files: list[str], out: Path) -> tuple[Path, dict | None]:
             return Path(files[0]), None
     res = ingest(files, out / "00_ingest")
     return res.output, res.stats
+
+
+def _steps(advance: Callable[[int], None]) -> Callable[[int], None]:
+    """Training reports the step number; the bar advances one per step."""
+    return lambda step: advance(1)
+
+
+def _stages(factory) -> Callable[[str, int, int], None]:
+    """Eval reports (stage, done, total): one bar per stage."""
+    bars: dict[str, tuple[Callable[[int], None], list[int]]] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = (factory(f"eval {stage}", total), [0])
+        advance, seen = bars[stage]
+        advance(done - seen[0])
+        seen[0] = done
+
+    return report
 
 
 def _run_single_stage(name: str, files: list[str], out: Path, config: dict[str, Any], sets: list[str]) -> dict:
@@ -280,8 +303,11 @@ def train(
     if not data.exists():
         raise UserError(f"{data}: no such data file")
     with progress_bars() as pf:
-        summary = run_train(tc, data, out, resume=resume, progress=pf("train steps", tc.max_steps))
-    out_console.print(json.dumps(summary, indent=2, default=str))
+        summary = run_train(tc, data, out, resume=resume, progress=_steps(pf("train steps", tc.max_steps)))
+    # id lists stay in summary.json; the terminal gets the figures
+    compact = {k: v for k, v in summary.items() if not isinstance(v, (list, dict)) or k == "dropped_by_reason"}
+    out_console.print(json.dumps(compact, indent=2, default=str))
+    out_console.print(f"outputs: {out}")
 
 
 @app.command()
@@ -320,7 +346,7 @@ def eval_cmd(
     except Exception as e:
         raise UserError(format_validation_error(e, "eval") if hasattr(e, "errors") else str(e)) from None
     with progress_bars() as pf:
-        verdict = evaluate(ec, base, adapter, out, progress=pf("eval items", None))
+        verdict = evaluate(ec, base, adapter, out, progress=_stages(pf))
     print_verdict(verdict, out_console)
     out_console.print(f"verdict: {out / 'verdict.json'}")
 
@@ -385,9 +411,9 @@ def _run_pipeline(recipe: Path, out: str | None, resume: bool, sets: list[str], 
             if r.train is not None:
                 split = runner.step_split(r, rd)
                 res["train"] = runner.step_train(r, split["train"], rd, resume=resume,
-                                                 progress=pf("train steps", r.train_config().max_steps))
+                                                 progress=_steps(pf("train steps", r.train_config().max_steps)))
                 if r.eval is not None:
-                    res["verdict"] = runner.step_eval(r, rd, split["heldout"])
+                    res["verdict"] = runner.step_eval(r, rd, split["heldout"], progress=_stages(pf))
         runner.write_run_info(rd, r, curate=summary, verdict=(res.get("verdict") or {}).get("verdict"))
     else:
         from flows.flows import pipeline_flow
