@@ -19,7 +19,7 @@ from typing import Any
 ROLES = ("system", "user", "assistant")
 
 _CJK_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
-_LATIN_RE = re.compile(r"[A-Za-z]")
+_NOT_ASCII_LETTERS = bytes(b for b in range(256) if not (65 <= b <= 90 or 97 <= b <= 122))
 
 
 @dataclass(slots=True)
@@ -74,7 +74,9 @@ class Record:
             "source": self.source,
             "lang": self.lang,
             "line": self.line,
-            "meta": json.dumps(self.meta, ensure_ascii=False, sort_keys=True, default=str),
+            "meta": json.dumps(self.meta, ensure_ascii=False, sort_keys=True, default=str)
+            if self.meta
+            else "{}",
         }
         for k, v in self.attrs.items():
             row[k] = v
@@ -87,7 +89,9 @@ class Record:
         msgs = row.get("messages")
         return cls(
             id=row["id"],
-            messages=[{"role": m["role"], "content": m["content"]} for m in msgs] if msgs is not None else None,
+            messages=[{"role": m["role"], "content": m["content"]} for m in msgs]
+            if msgs is not None
+            else None,
             text=row.get("text"),
             source=row.get("source") or "",
             lang=row.get("lang") or "other",
@@ -117,8 +121,9 @@ def content_id(messages: list[dict[str, str]] | None, text: str | None) -> str:
 def detect_lang(text: str) -> str:
     """zh / en / other from the script mix: CJK share of letters (cheap, no model needed)."""
     sample = text[:2000]
-    cjk = len(_CJK_RE.findall(sample))
-    latin = len(_LATIN_RE.findall(sample))
+    # ASCII letters counted on the UTF-8 bytes (multi-byte sequences never hold them): 10x faster than a regex
+    latin = len(sample.encode("utf-8", "surrogatepass").translate(None, _NOT_ASCII_LETTERS))
+    cjk = 0 if sample.isascii() else len(_CJK_RE.findall(sample))
     if cjk == 0 and latin == 0:
         return "other"
     # A CJK character carries roughly a word's worth of meaning, a latin letter a fifth of one.
