@@ -170,6 +170,8 @@ def ingest(
     st = res.stats
     out_console.print(f"ingest: {st['rows_in']} rows in → {st['rows_out']} records in {res.output}")
     out_console.print(f"dropped: {st['dropped_by_reason'] or 'none'} (ledger: {res.ledger})")
+    for line in res.problems():
+        console.print(f"[yellow]warning:[/] {line}", soft_wrap=True, highlight=False)
     if st["rows_in"] > 0 and st["rows_out"] == 0:
         console.print("[bold red]error:[/] no row could be read; see the ledger for the reason of each")
         raise typer.Exit(1)
