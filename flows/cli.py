@@ -265,6 +265,9 @@ def curate(
         with progress_bars() as pf:
             summary = runner.step_curate(r, rd, resume=resume, progress_factory=pf)
         runner.write_run_info(rd, r, curate=summary)
+        from flows.report import build_report
+
+        out_console.print(f"report: {build_report(rd)}")
     else:
         from flows.flows import curate_flow
 

@@ -23,6 +23,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from flows import runner  # noqa: E402
+from flows.deploy import publish_report, publish_training  # noqa: E402
 from flows.recipe import Recipe, load_recipe  # noqa: E402
 from flows.summary import curate_markdown, eval_markdown, funnel_rows, train_markdown  # noqa: E402
 
@@ -75,6 +76,7 @@ def curate_flow(recipe: str | Recipe, run_dir: str | None = None, resume: bool =
     create_table_artifact(key=artifact_key(r, "curation-funnel"), table=funnel_rows(summary),
                           description="rows in/out and drops per stage")
     runner.write_run_info(rd, r, curate=summary)
+    publish_report(r, rd)
     return {"run_dir": str(rd), "curate": summary}
 
 
@@ -88,6 +90,8 @@ def sft_flow(recipe: str | Recipe, run_dir: str, resume: bool = False, overrides
     create_markdown_artifact(key=artifact_key(r, "sft-summary"), markdown=train_markdown(summary),
                              description=f"SFT of {r.name}")
     runner.write_run_info(rd, r, split=split, train=summary)
+    publish_training(r, rd)
+    publish_report(r, rd)
     return {"run_dir": str(rd), "split": split, "train": summary}
 
 
@@ -104,6 +108,7 @@ def evaluate_flow(recipe: str | Recipe, run_dir: str, overrides: list[str] | Non
             for k, v in verdict.get("tasks", {}).items()]
     create_table_artifact(key=artifact_key(r, "eval-tasks"), table=rows, description="per-task before/after")
     runner.write_run_info(rd, r, verdict=verdict.get("verdict"))
+    publish_report(r, rd)  # before the gate: a failed gate still has its report
     outcome = runner.gate(r, verdict)  # raises GateFailed → the flow run fails
     if outcome == "warn":
         get_run_logger().warning("regression gate: verdict %s (recipe says warn)", verdict.get("verdict"))
