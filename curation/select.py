@@ -1,0 +1,354 @@
+"""Diversity-aware selection: keep the best rows that are not near-copies of rows already kept.
+
+Ranking score per row: ``quality x complexity`` (``attrs["quality"]`` defaults to 1.0 when no
+quality stage ran; ``complexity`` is computed on the fly when the score stage did not run). It is
+stored as ``selection_score``.
+
+Methods (both deterministic: ties break by input order):
+
+- ``score_first`` (Deita-style): walk rows by descending ranking score; keep a row only if its
+  cosine similarity to the nearest already-kept row is below ``similarity_threshold``; stop at
+  ``budget`` rows. Candidates are checked in blocks: one matrix product against all kept rows per
+  block, then the rows inside the block are resolved in order, so the cost is
+  O(rows x kept x dim) flops done by BLAS, and memory is the kept embeddings plus one block.
+- ``kcenter``: greedy k-center (farthest-first traversal). Start from the best-ranked row, then
+  repeatedly add the row farthest from everything selected, until ``budget`` rows are selected or
+  every remaining row is within ``similarity_threshold`` of a selected one. It maximises coverage
+  of the embedding space regardless of rank; cost O(budget x rows x dim).
+
+``fit`` keeps only compact per-row state (id, ranking score, float16 embedding, task type,
+language); texts are only seen again in ``process``. Rows not selected go to the ledger with reason
+``not_selected`` and the ranking score (and, for near-copies, the kept row they resemble) in the
+detail. Stats report distributions and diversity before/after: "before" is a uniform random sample
+of the input of the same size as the "after" sample of kept rows, so it doubles as the
+random-selection baseline at equal size.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from curation.diversity import (
+    EmbeddingModel,
+    coverage,
+    distinct_n,
+    embed_records,
+    embedding_column,
+    embedding_dim,
+    embedding_metrics,
+    entropy,
+    max_similarity,
+    sample_indices,
+    verb_noun,
+    verb_noun_stats,
+)
+from curation.records import Record
+from curation.score import classify_task, complexity_features, complexity_score
+from curation.stage import Drop, Stage, StageOutput
+
+_BLOCK = 1024
+
+
+class SelectConfig(BaseModel):
+    """Which rows to keep: a budget, a method, and how similar two kept rows may be."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget: int | None = Field(
+        None, ge=1, description="rows to keep (None: every row that passes the threshold)"
+    )
+    method: Literal["score_first", "kcenter"] = "score_first"
+    similarity_threshold: float = Field(
+        0.9, gt=-1.0, le=1.0, description="cosine similarity at or above which a row counts as a near-copy"
+    )
+    embeddings: EmbeddingModel = Field(
+        "auto",
+        description="auto (MiniLM for non-Chinese rows, hashing for Chinese rows, never compared across), "
+        "minilm (semantic, English-centric) or hashing (char n-grams, any language, fast)",
+    )
+    sample_rows: int = Field(2000, ge=10, description="rows sampled for the before/after diversity metrics")
+    seed: int = 0
+
+
+class SelectStage(Stage):
+    """Keeps a high-scoring, diverse subset; the rest go to the ledger as ``not_selected``."""
+
+    name: ClassVar[str] = "select"
+    Config: ClassVar[type[BaseModel]] = SelectConfig
+    needs_fit: ClassVar[bool] = True
+    version = 1
+    attr_fields: ClassVar[dict[str, pa.DataType]] = {"selection_score": pa.float64()}
+
+    def __init__(self, config: SelectConfig | None = None):
+        super().__init__(config)
+        self.config: SelectConfig
+        self._reset()
+
+    def _reset(self) -> None:
+        self._ids: list[str] = []
+        self._rank = np.zeros(0, dtype=np.float64)
+        self._emb = np.zeros((0, embedding_dim(self.config.embeddings)), dtype=np.float16)
+        self._task: list[str] = []
+        self._lang: list[str] = []
+        self._complexity = np.zeros(0, dtype=np.float32)
+        self._keep = np.zeros(0, dtype=bool)
+        self._nn_sim = np.zeros(0, dtype=np.float32)
+        self._nn_idx = np.zeros(0, dtype=np.int64)
+        self._pos = 0
+        self._before_sample: set[int] = set()
+        self._after_sample: set[int] = set()
+        self._texts: dict[str, list[tuple[str, str]]] = {"before": [], "after": []}
+
+    # --- first pass: compact state, then the selection ------------------------------------------
+    def fit(self, batches: Iterable[list[Record]]) -> None:
+        self._reset()
+        col = embedding_column(self.config.embeddings)
+        dim = embedding_dim(self.config.embeddings)
+        ranks: list[np.ndarray] = []
+        embs: list[np.ndarray] = []
+        cplx: list[float] = []
+        for batch in batches:
+            if not batch:
+                continue
+            r_batch = np.empty(len(batch), dtype=np.float64)
+            for i, r in enumerate(batch):
+                c = r.attrs.get("complexity")
+                if c is None:
+                    c = complexity_score(complexity_features(r))
+                q = r.attrs.get("quality")
+                r_batch[i] = (1.0 if q is None else float(q)) * float(c)
+                cplx.append(float(c))
+                self._ids.append(r.id)
+                self._task.append(r.attrs.get("task_type") or classify_task(r))
+                self._lang.append(r.lang)
+            ranks.append(r_batch)
+            stored = [r.attrs.get(col) for r in batch]
+            if all(e is not None and len(e) == dim for e in stored):
+                e_batch = np.asarray(stored, dtype=np.float32)  # computed by the score stage
+            else:
+                e_batch = embed_records(batch, self.config.embeddings)
+            embs.append(e_batch.astype(np.float16))
+        if ranks:
+            self._rank = np.concatenate(ranks)
+            self._emb = np.concatenate(embs)
+            self._complexity = np.asarray(cplx, dtype=np.float32)
+        n = len(self._ids)
+        self._nn_sim = np.full(n, np.nan, dtype=np.float32)
+        self._nn_idx = np.full(n, -1, dtype=np.int64)
+        if self.config.method == "kcenter":
+            self._keep = self._select_kcenter()
+        else:
+            self._keep = self._select_score_first()
+        kept = np.flatnonzero(self._keep)
+        m = min(self.config.sample_rows, len(kept))
+        self._before_sample = set(sample_indices(n, m, self.config.seed).tolist())
+        self._after_sample = set(kept[sample_indices(len(kept), m, self.config.seed)].tolist())
+
+    def _order(self) -> np.ndarray:
+        """Row indices by descending ranking score, input order breaking ties."""
+        return np.lexsort((np.arange(len(self._rank)), -self._rank))
+
+    def _select_score_first(self) -> np.ndarray:
+        n = len(self._ids)
+        keep = np.zeros(n, dtype=bool)
+        budget = self.config.budget if self.config.budget is not None else n
+        thr = self.config.similarity_threshold
+        dim = self._emb.shape[1]
+        kept_emb = np.empty((min(budget, n, 4096), dim), dtype=np.float32)
+        kept_rows: list[int] = []
+        order = self._order()
+        for start in range(0, n, _BLOCK):
+            if len(kept_rows) >= budget:
+                break
+            block = order[start : start + _BLOCK]
+            x = self._emb[block].astype(np.float32)
+            best, arg = max_similarity(x, kept_emb[: len(kept_rows)])
+            inner = x @ x.T
+            local_kept: list[int] = []
+            for i, row in enumerate(block):
+                if len(kept_rows) >= budget:
+                    break
+                sim, nn = float(best[i]), int(kept_rows[arg[i]]) if arg[i] >= 0 else -1
+                if local_kept:
+                    j = int(np.argmax(inner[i, local_kept]))
+                    if inner[i, local_kept[j]] > sim:
+                        sim, nn = float(inner[i, local_kept[j]]), int(block[local_kept[j]])
+                self._nn_sim[row], self._nn_idx[row] = sim, nn
+                if sim < thr:
+                    keep[row] = True
+                    local_kept.append(i)
+                    kept_rows.append(int(row))
+            if local_kept:
+                needed = len(kept_rows)
+                if needed > len(kept_emb):
+                    grown = np.empty((min(max(needed, 2 * len(kept_emb)), n), dim), dtype=np.float32)
+                    grown[: needed - len(local_kept)] = kept_emb[: needed - len(local_kept)]
+                    kept_emb = grown
+                kept_emb[needed - len(local_kept) : needed] = x[local_kept]
+        return keep
+
+    def _select_kcenter(self) -> np.ndarray:
+        n = len(self._ids)
+        keep = np.zeros(n, dtype=bool)
+        if n == 0:
+            return keep
+        budget = self.config.budget if self.config.budget is not None else n
+        thr = self.config.similarity_threshold
+        best_sim = np.full(n, -np.inf, dtype=np.float32)  # similarity to the nearest selected row
+        nn = np.full(n, -1, dtype=np.int64)
+        # The active set: rows that may still be picked, as one contiguous float32 matrix. Rows
+        # within the threshold of a centre never can be: they leave it every 32 steps, so later
+        # steps scan fewer rows and no step copies the full matrix.
+        active = np.arange(n)
+        xa = self._emb.astype(np.float32)
+        sim_a = best_sim.copy()
+        nn_a = nn.copy()
+        pos = int(self._order()[0])  # the first centre: the best-ranked row
+        for step in range(budget):
+            center = int(active[pos])
+            keep[center] = True
+            sims = xa @ xa[pos]
+            better = sims > sim_a
+            sim_a[better] = sims[better]
+            nn_a[better] = center
+            sim_a[pos] = np.inf  # a centre is never picked again
+            if step % 32 == 31:
+                stay = sim_a < thr
+                gone = active[~stay]
+                best_sim[gone], nn[gone] = sim_a[~stay], nn_a[~stay]
+                active, xa, sim_a, nn_a = active[stay], xa[stay], sim_a[stay], nn_a[stay]
+            if len(active) == 0:
+                break
+            # farthest row = lowest similarity to the centres; ties: better-ranked, then earlier row
+            lowest = sim_a.min()
+            if lowest >= thr:
+                break
+            tied = np.flatnonzero(sim_a == lowest)
+            pos = (
+                int(tied[np.lexsort((active[tied], -self._rank[active[tied]]))[0]])
+                if len(tied) > 1
+                else int(tied[0])
+            )
+        best_sim[active], nn[active] = sim_a, nn_a
+        self._nn_sim[:] = best_sim
+        self._nn_idx[:] = nn
+        self._nn_sim[keep] = np.nan
+        self._nn_idx[keep] = -1
+        return keep
+
+    # --- second pass: decisions and text-level stats -----------------------------------------------
+    def process(self, batch: list[Record]) -> StageOutput:
+        out = StageOutput()
+        for r in batch:
+            p = self._pos
+            if p >= len(self._ids) or self._ids[p] != r.id:
+                raise RuntimeError(
+                    f"select: row {p} is {r.id!r} but fit saw {self._ids[p] if p < len(self._ids) else 'nothing'!r}; "
+                    "the input changed between the two passes"
+                )
+            self._pos += 1
+            rank = float(self._rank[p])
+            r.attrs["selection_score"] = round(rank, 6)
+            if p in self._before_sample:
+                self._texts["before"].append((r.instruction(), r.lang))
+            if self._keep[p]:
+                if p in self._after_sample:
+                    self._texts["after"].append((r.instruction(), r.lang))
+                out.kept.append(r)
+                continue
+            out.dropped.append(self._drop(r, p, rank))
+        return out
+
+    def _drop(self, r: Record, p: int, rank: float) -> Drop:
+        thr = self.config.similarity_threshold
+        sim, nn = float(self._nn_sim[p]), int(self._nn_idx[p])
+        if nn >= 0 and sim >= thr:
+            return Drop(
+                r,
+                "not_selected",
+                f"score {rank:.4f}; similarity {sim:.3f} >= {thr} to kept row {self._ids[nn]}",
+                duplicate_of=self._ids[nn],
+            )
+        if np.isnan(sim):
+            return Drop(
+                r, "not_selected", f"score {rank:.4f}; budget {self.config.budget} filled before this row"
+            )
+        return Drop(
+            r,
+            "not_selected",
+            f"score {rank:.4f}; budget {self.config.budget} filled (nearest kept similarity {sim:.3f})",
+        )
+
+    # --- report -------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        n = len(self._ids)
+        kept = np.flatnonzero(self._keep)
+        before_idx = np.asarray(sorted(self._before_sample), dtype=np.int64)
+        after_idx = np.asarray(sorted(self._after_sample), dtype=np.int64)
+        emb_before = self._emb[before_idx].astype(np.float32)
+        emb_after = self._emb[after_idx].astype(np.float32)
+        all_idx = np.arange(n)
+        out: dict[str, Any] = {
+            "method": self.config.method,
+            "embeddings": self.config.embeddings,
+            "rows_in": n,
+            "rows_selected": int(len(kept)),
+            "budget": self.config.budget,
+            "budget_shortfall": max(0, self.config.budget - len(kept)) if self.config.budget else 0,
+            "score_cutoff": round(float(self._rank[kept].min()), 6)
+            if self.config.budget and len(kept) >= self.config.budget
+            else None,
+            "before": self._distribution(all_idx),
+            "after": self._distribution(kept),
+            "diversity": {
+                "sample_rows": int(len(after_idx)),
+                "note": "before = uniform random sample of the input, same size as the after sample of kept rows",
+                "before": {
+                    **embedding_metrics(emb_before, seed=self.config.seed),
+                    **self._text_metrics("before"),
+                },
+                "after": {
+                    **embedding_metrics(emb_after, seed=self.config.seed),
+                    **self._text_metrics("after"),
+                },
+                "coverage_of_input": {
+                    "random_same_size": coverage(self._emb, emb_before, seed=self.config.seed),
+                    "selected": coverage(self._emb, emb_after, seed=self.config.seed),
+                },
+            },
+        }
+        if out["budget_shortfall"]:
+            out["warning"] = (
+                f"only {len(kept)} rows pass similarity_threshold {self.config.similarity_threshold}; "
+                f"budget {self.config.budget} not filled (raise the threshold to fill it)"
+            )
+        return out
+
+    def _distribution(self, idx: np.ndarray) -> dict[str, Any]:
+        tasks = Counter(self._task[i] for i in idx)
+        langs = Counter(self._lang[i] for i in idx)
+        c = self._complexity[idx] if len(idx) else np.zeros(0)
+        hist = np.histogram(c, bins=10, range=(0.0, 1.0))[0] if len(c) else np.zeros(10, dtype=int)
+        return {
+            "rows": int(len(idx)),
+            "task_types": dict(sorted(tasks.items())),
+            "task_type_entropy": entropy(tasks),
+            "langs": dict(sorted(langs.items())),
+            "complexity_mean": round(float(c.mean()), 4) if len(c) else None,
+            "complexity_histogram": [int(v) for v in hist],
+        }
+
+    def _text_metrics(self, which: str) -> dict[str, Any]:
+        rows = self._texts[which]
+        texts = [t for t, _ in rows]
+        return {
+            "distinct_1": distinct_n(texts, 1),
+            "distinct_2": distinct_n(texts, 2),
+            "verb_noun": verb_noun_stats((verb_noun(t, lang) for t, lang in rows), top=10),
+        }
