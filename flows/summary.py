@@ -92,9 +92,19 @@ def print_verdict(verdict: dict[str, Any], console: Console | None = None) -> No
         t.add_row(name, str(r.get("n")), _fmt(r.get("base")), _fmt(r.get("tuned")), _fmt(r.get("delta")),
                   f"[{_fmt(r.get('ci_low'))}, {_fmt(r.get('ci_high'))}]", _fmt(r.get("p_value")))
     console.print(t)
-    tg = verdict.get("target_task")
+    tg = verdict.get("target")
     if tg:
-        console.print(f"Target task (held-out curated data): {tg}")
+        console.print(
+            f"Target task (held-out curated data, n={tg.get('n')}): NLL per assistant token "
+            f"{_fmt(tg.get('base_nll'))} → {_fmt(tg.get('tuned_nll'))} (gain {_fmt(tg.get('gain'))}, "
+            f"95% CI [{_fmt(tg.get('ci_low'))}, {_fmt(tg.get('ci_high'))}])"
+        )
+    rig = verdict.get("rigidity") or {}
+    if rig.get("base") and rig.get("tuned"):
+        keys = [k for k in ("distinct_1", "distinct_2", "self_similarity", "same_opening_share", "mean_length")
+                if k in rig["tuned"]]
+        console.print("Rigidity (base → tuned): " + ", ".join(
+            f"{k} {_fmt(rig['base'].get(k))} → {_fmt(rig['tuned'].get(k))}" for k in keys))
     console.print(f"Verdict: [bold {colour}]{verdict.get('verdict')}[/]")
     if verdict.get("recommendation"):
         console.print(f"Recommendation: {verdict['recommendation']}")
