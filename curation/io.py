@@ -74,26 +74,51 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
-class ParquetWriter:
-    """Streams batches of rows into one parquet file, published atomically on ``close()``."""
+#: rows per parquet row group. Fixed, so a file's bytes depend only on its rows and their order,
+#: never on the batch size that produced them (byte-identical outputs across batch sizes/resumes).
+ROW_GROUP_ROWS = 4096
 
-    def __init__(self, path: str | os.PathLike, schema: pa.Schema):
+
+class ParquetWriter:
+    """Streams batches of rows into one parquet file, published atomically on ``close()``.
+
+    Rows are buffered into row groups of exactly :data:`ROW_GROUP_ROWS` (the last one shorter).
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema, row_group_rows: int = ROW_GROUP_ROWS):
         self.path = Path(path)
         self.schema = schema
+        self.row_group_rows = row_group_rows
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
         self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
         self.rows = 0
 
     def write_rows(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         cols = {name: [r.get(name) for r in rows] for name in self.schema.names}
-        table = pa.Table.from_pydict(cols, schema=self.schema)
-        self._writer.write_table(table)
+        self._pending.append(pa.Table.from_pydict(cols, schema=self.schema))
+        self._pending_rows += len(rows)
         self.rows += len(rows)
+        if self._pending_rows >= self.row_group_rows:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self._pending_rows:
+            return
+        table = pa.concat_tables(self._pending)
+        n = table.num_rows if final else table.num_rows - table.num_rows % self.row_group_rows
+        # combine_chunks: page boundaries must not depend on how the rows arrived
+        self._writer.write_table(table.slice(0, n).combine_chunks(), row_group_size=self.row_group_rows)
+        rest = table.slice(n)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
 
     def close(self) -> None:
+        self._flush(final=True)
         self._writer.close()
         self._ctx.__exit__(None, None, None)
 
@@ -144,7 +169,9 @@ def count_rows(path: str | os.PathLike) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def write_records(path: str | os.PathLike, records: list[Record], extra: dict[str, pa.DataType] | None = None) -> None:
+def write_records(
+    path: str | os.PathLike, records: list[Record], extra: dict[str, pa.DataType] | None = None
+) -> None:
     """Write records in one go (small outputs, tests, demo data)."""
     extra = dict(extra or {})
     for r in records:

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 
 from curation.ingest import IngestConfig, expand_sources, ingest
 from curation.io import LEDGER_SCHEMA, ParquetWriter, atomic_path, read_json, write_json
-from curation.stage import Stage, run_stage
+from curation.stage import Stage, crash_point, published_files_match, run_stage
 
 #: stage name → "module:Class" (imported lazily: a stage's heavy dependencies load only when used)
 STAGES: dict[str, str] = {
@@ -109,12 +109,14 @@ def curate(
     batch_size: int = 2048,
     on_stage: Callable[[str, dict[str, Any]], None] | None = None,
     progress_factory: Callable[[str, int | None], Callable[[int], None] | None] | None = None,
+    stage_runner: Callable[..., dict[str, Any]] = run_stage,
 ) -> dict[str, Any]:
     """Run ingest and ``stages`` into ``run_dir``; returns the funnel summary (also summary.json).
 
     ``stages`` is a list of (name, config) pairs. ``on_stage(name, stats)`` is called after each
     stage (flows publish artifacts from it); ``progress_factory(name, total)`` may return a
-    callback that receives row counts as batches finish.
+    callback that receives row counts as batches finish. ``stage_runner`` runs one stage with
+    :func:`run_stage`'s signature and result (``flows.scaleout`` passes one that shards it).
     """
     run_dir = Path(run_dir)
     ingest_config = ingest_config or IngestConfig()
@@ -124,17 +126,25 @@ def curate(
         raise ConfigError(f"no input files found in {sources}")
 
     ingest_dir = run_dir / "00_ingest"
+    _clean_partial(run_dir)
     _clean_partial(ingest_dir)
+    # summary.json marks a finished run: gone while this one is under way
+    (run_dir / "summary.json").unlink(missing_ok=True)
     fp = sources_fingerprint(paths, ingest_config)
     stats_path = ingest_dir / "stats.json"
-    if resume and stats_path.exists() and read_json(stats_path).get("fingerprint") == fp:
-        ing = read_json(stats_path)
+    prev = read_json(stats_path) if resume and stats_path.exists() else {}
+    if prev.get("fingerprint") == fp and published_files_match(ingest_dir, prev):
+        ing = prev
         ing["cached"] = True
     else:
+        # the old marker goes before new files are published (a kill in between must not vouch for them)
+        stats_path.unlink(missing_ok=True)
         prog = progress_factory("ingest", None) if progress_factory else None
         ing = ingest(paths, ingest_dir, ingest_config, progress=prog).stats
+        crash_point("ingest", "published")
         ing["fingerprint"] = fp
         write_json(stats_path, ing)  # rewritten with the fingerprint: it is the completion marker
+        crash_point("ingest", "done")
     if on_stage:
         on_stage("ingest", ing)
     all_stats = [ing]
@@ -144,7 +154,7 @@ def curate(
         _clean_partial(out_dir)
         total = pq.ParquetFile(current).metadata.num_rows
         prog = progress_factory(name, total) if progress_factory else None
-        st = run_stage(
+        st = stage_runner(
             stage, current, out_dir, batch_size=batch_size, input_fingerprint=fp, resume=resume, progress=prog
         )
         fp = st["fingerprint"]
@@ -156,6 +166,7 @@ def curate(
     # Publish the final output and the merged ledger.
     with atomic_path(run_dir / "output.parquet") as tmp:
         shutil.copyfile(current, tmp)
+    crash_point("final", "output")
     ledgers = [run_dir / "00_ingest" / "ledger.parquet"] + [
         run_dir / f"{i:02d}_{name}" / "ledger.parquet" for i, (name, _) in enumerate(built, start=1)
     ]
@@ -166,6 +177,7 @@ def curate(
                 rows = rb.to_pylist()
                 w.write_rows(rows)
                 n_ledger += len(rows)
+    crash_point("final", "ledger")
     summary = funnel(all_stats, n_ledger, pq.ParquetFile(run_dir / "output.parquet").metadata.num_rows)
     summary["run_dir"] = str(run_dir)
     summary["fingerprint"] = fp

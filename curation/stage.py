@@ -10,8 +10,10 @@ rows in = rows kept + rows dropped.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -25,6 +27,7 @@ from pydantic import BaseModel
 from curation.io import (
     LEDGER_SCHEMA,
     ParquetWriter,
+    count_rows,
     iter_record_batches,
     parquet_schema,
     read_json,
@@ -63,6 +66,10 @@ class Stage:
     attr_fields: ClassVar[dict[str, pa.DataType]] = {}
     #: True when the stage needs a first pass over all input (``fit``) before ``process``
     needs_fit: ClassVar[bool] = False
+    #: config fields naming files the stage reads (the mixer's general pool, a quality model): their
+    #: content is part of the fingerprint, so editing them reruns the stage. Never list a file the
+    #: stage itself writes (dedup's persistent index), or no run would ever be cached.
+    input_file_fields: ClassVar[tuple[str, ...]] = ("general", "model")
 
     def __init__(self, config: BaseModel | None = None):
         self.config = config if config is not None else self.Config()
@@ -88,8 +95,58 @@ class Stage:
         return dict(self.counters)
 
     def fingerprint(self) -> str:
-        payload = {"stage": self.name, "version": getattr(self, "version", 1), "config": self.config.model_dump(mode="json")}
+        """Hash of the stage's name, version, config and the content of the files its config names."""
+        config = self.config.model_dump(mode="json")
+        files = {k: files_digest(config[k]) for k in self.input_file_fields if config.get(k)}
+        payload = {
+            "stage": self.name,
+            "version": getattr(self, "version", 1),
+            "config": config,
+            "files": files,
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def files_digest(spec: str | list[str]) -> str:
+    """Hash of the bytes of every local file a path / folder / glob (or a list of them) names.
+
+    Names that are not local files (hub ids, redis URLs, model aliases) count by name only.
+    """
+    h = hashlib.sha256()
+    for item in [spec] if isinstance(spec, str) else spec:
+        if not isinstance(item, str):
+            continue
+        if os.path.isdir(item):
+            paths = sorted(str(p) for p in Path(item).rglob("*") if p.is_file())
+        else:
+            paths = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
+        h.update(item.encode("utf-8", "surrogatepass"))
+        for path in paths:
+            if not os.path.isfile(path):
+                continue
+            h.update(path.encode("utf-8", "surrogatepass"))
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+#: test hook: ``SFTFLOW_CRASH_AFTER=<stage>:<point>`` ends the process at that point
+CRASH_ENV = "SFTFLOW_CRASH_AFTER"
+
+
+def crash_point(stage: str, point: str | int) -> None:
+    """Die like ``kill -9`` (exit 137, nothing flushed) when ``$SFTFLOW_CRASH_AFTER`` names this point.
+
+    Points: ``<stage>:fit`` (fit done), ``<stage>:<n>`` (n-th batch written to the temp files),
+    ``<stage>:published`` (output + ledger renamed into place, stats.json not yet written),
+    ``<stage>:done``; the pipeline adds ``ingest:published``, ``ingest:done``, ``final:output`` and
+    ``final:ledger``. The resume tests use it to crash at exact places instead of racing a timer;
+    unset, it costs one environment lookup.
+    """
+    want = os.environ.get(CRASH_ENV)
+    if want and want == f"{stage}:{point}":
+        os._exit(137)
 
 
 def drop_row(d: Drop, stage: str) -> dict[str, Any]:
@@ -110,7 +167,9 @@ def drop_row(d: Drop, stage: str) -> dict[str, Any]:
     }
 
 
-def apply_stage(stage: Stage, records: list[Record], batch_size: int = 2048) -> tuple[list[Record], list[Drop], dict]:
+def apply_stage(
+    stage: Stage, records: list[Record], batch_size: int = 2048
+) -> tuple[list[Record], list[Drop], dict]:
     """Run a stage on in-memory records (API and tests); same logic as :func:`run_stage`."""
     batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
     if stage.needs_fit:
@@ -137,7 +196,9 @@ def _check_balance(stage: Stage, n_in: int, out: StageOutput) -> None:
         )
 
 
-def _stats(stage: Stage, n_in: int, n_out: int, reasons: Counter, seconds: float, n_added: int = 0) -> dict[str, Any]:
+def _stats(
+    stage: Stage, n_in: int, n_out: int, reasons: Counter, seconds: float, n_added: int = 0
+) -> dict[str, Any]:
     n_dropped = sum(reasons.values())
     if n_in + n_added != n_out + n_dropped:
         raise LedgerBalanceError(
@@ -177,15 +238,19 @@ def run_stage(
     stats_path = out_dir / "stats.json"
     if resume and stats_path.exists():
         prev = read_json(stats_path)
-        if prev.get("fingerprint") == fp:
+        if prev.get("fingerprint") == fp and published_files_match(out_dir, prev):
             prev["cached"] = True
             return prev
 
+    # The old completion marker goes first: a run killed after publishing some new files must not
+    # leave them beside a stats.json that vouches for the old ones.
+    stats_path.unlink(missing_ok=True)
     started = time.perf_counter()
     schema = record_schema(stage.attr_fields, base=parquet_schema(input_path))
     if stage.needs_fit:
         stage.fit(iter_record_batches(input_path, batch_size))
-    n_in = n_out = 0
+        crash_point(stage.name, "fit")
+    n_in = n_out = n_batches = 0
     reasons: Counter[str] = Counter()
     with (
         ParquetWriter(out_dir / "output.parquet", schema) as out_w,
@@ -199,15 +264,35 @@ def run_stage(
             reasons.update(d.reason for d in out.dropped)
             n_in += len(batch)
             n_out += len(out.kept)
+            n_batches += 1
+            crash_point(stage.name, n_batches)
         n_added = 0
         for extra in stage.added():
             out_w.write_rows([r.to_row() for r in extra])
             n_added += len(extra)
             n_out += len(extra)
+    crash_point(stage.name, "published")
     stats = _stats(stage, n_in, n_out, reasons, time.perf_counter() - started, n_added)
     stats["fingerprint"] = fp
     write_json(stats_path, stats)
+    crash_point(stage.name, "done")
     return stats
+
+
+def published_files_match(out_dir: str | Path, stats: dict[str, Any]) -> bool:
+    """True when ``output.parquet`` and ``ledger.parquet`` are there with the row counts ``stats`` names.
+
+    A cache hit checks this (two footer reads) so a folder whose files were deleted or replaced
+    after its stats.json was written is rebuilt rather than trusted.
+    """
+    out_dir = Path(out_dir)
+    try:
+        return (
+            count_rows(out_dir / "output.parquet") == stats["rows_out"]
+            and count_rows(out_dir / "ledger.parquet") == stats["rows_dropped"]
+        )
+    except (OSError, KeyError, pa.ArrowException):
+        return False
 
 
 def _progress(batches: Iterator[list[Record]], progress: Any) -> Iterator[list[Record]]:
