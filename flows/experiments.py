@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from curation.io import write_json  # noqa: E402
+from curation.io import atomic_path, write_json  # noqa: E402
 from curation.pipeline import build_stage  # noqa: E402
 from curation.stage import run_stage  # noqa: E402
 from flows import runner  # noqa: E402
@@ -154,7 +154,8 @@ def replay_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: lis
         log.info("arm: replay ratio %s", ratio)
         arms.append(replay_arm(r, rd, Path(split["train"]), Path(split["heldout"]), ratio))
     md = comparison_markdown(arms, command or f"sftflow experiment --recipe {recipe}")
-    (rd / "replay.md").write_text(md + "\n")
+    with atomic_path(rd / "replay.md") as tmp:
+        tmp.write_text(md + "\n")
     write_json(rd / "replay.json", {"arms": comparison_rows(arms), "curate": curated, "split": split})
     plot(arms, rd / "replay.png")
     create_markdown_artifact(key=artifact_key(r, "replay-table"), markdown=md, description="replay experiment")
