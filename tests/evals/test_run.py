@@ -1,0 +1,159 @@
+"""End-to-end regression eval on the tiny model (and one slow real-model check of the REGRESSED path)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from curation.io import write_records
+from curation.records import Record
+from evals.run import EvalConfig, evaluate
+from evals.tasks import DataUnavailableError
+from training.models import load_model
+
+
+def _config(**kw) -> EvalConfig:
+    base = {
+        "suite": "general_probe",
+        "bootstrap": 300,
+        "rigidity_prompts": 4,
+        "max_new_tokens": 8,
+        "data_dir": None,
+    }
+    return EvalConfig(**{**base, **kw})
+
+
+def test_base_vs_itself_passes_and_writes_files(tmp_path):
+    calls = []
+    verdict = evaluate(_config(), "tiny-random-llama", None, tmp_path, progress=lambda *a: calls.append(a))
+    assert verdict["verdict"] == "PASS"
+    assert verdict["comparison"] == "identical"
+    probe = verdict["tasks"]["general_probe"]
+    assert probe["n"] == 50 and probe["delta"] == 0.0 and probe["p_holm"] == 1.0
+    on_disk = json.loads((tmp_path / "verdict.json").read_text())
+    assert on_disk["verdict"] == "PASS" and on_disk["config"]["margin"] == 0.01
+    items = pq.read_table(tmp_path / "items.parquet").to_pylist()
+    assert len(items) == 50 and all(r["base_pred"] == r["tuned_pred"] for r in items)
+    assert verdict["rigidity"]["base"]["n"] == 4
+    assert any(c[0] == "general_probe" for c in calls)
+
+
+def test_peft_adapter_is_toggled_in_one_model(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = load_model("tiny-random-llama")
+    torch.manual_seed(0)
+    lora = LoraConfig(
+        r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
+    )
+    get_peft_model(model, lora).save_pretrained(tmp_path / "train" / "adapter")
+    evaluate(_config(rigidity=False), "tiny-random-llama", None, tmp_path / "same")
+    tuned = evaluate(
+        _config(rigidity=False), "tiny-random-llama", str(tmp_path / "train"), tmp_path / "tuned"
+    )
+    assert tuned["comparison"] == "adapter_toggle"
+    base_rows = pq.read_table(tmp_path / "same" / "items.parquet").to_pylist()
+    rows = pq.read_table(tmp_path / "tuned" / "items.parquet").to_pylist()
+    # the adapter-disabled view is exactly the base model
+    assert [r["base_logprob"] for r in rows] == pytest.approx(
+        [r["base_logprob"] for r in base_rows], abs=1e-4
+    )
+    assert any(abs(r["tuned_logprob"] - r["base_logprob"]) > 1e-3 for r in rows)
+    assert tuned["verdict"] in ("PASS", "REGRESSED", "INCONCLUSIVE")
+
+
+def test_load_trained_hook_and_target_eval(tmp_path):
+    records = [
+        Record(
+            id=f"r{i}",
+            messages=[{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w * 3}],
+        )
+        for i, w in enumerate(["yes", "no", "maybe", "hello"])
+    ]
+    write_records(tmp_path / "heldout.parquet", records)
+    seen = {}
+
+    def load_trained(out_dir, base=None, dtype=torch.float32, device="cpu"):
+        seen["args"] = (out_dir, base)
+        model, tok = load_model("tiny-random-llama", dtype=dtype, device=device)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(1.5)
+        return model, tok
+
+    v = evaluate(
+        _config(rigidity=False, target_data=str(tmp_path / "heldout.parquet")),
+        "tiny-random-llama",
+        "some/training/out",
+        tmp_path / "out",
+        load_trained=load_trained,
+    )
+    assert seen["args"] == ("some/training/out", "tiny-random-llama")
+    assert v["comparison"] == "two_models"
+    t = v["target"]
+    assert t["n"] == 4 and t["base_nll"] > 0 and t["tuned_nll"] > 0
+    assert t["gain"] == pytest.approx(t["base_nll"] - t["tuned_nll"])
+    assert t["ci_low"] <= t["gain"] <= t["ci_high"]
+
+
+def test_clear_errors(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="unknown eval task"):  # pydantic wraps the TaskSpecError
+        EvalConfig(suite="general_probe,no_such_task")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataUnavailableError, match="data_dir"):
+        evaluate(_config(suite="arc_easy", data_dir=str(tmp_path)), "tiny-random-llama", None, tmp_path / "o")
+    v = evaluate(
+        _config(suite="general_probe,arc_easy", data_dir=str(tmp_path), skip_missing=True, rigidity=False),
+        "tiny-random-llama",
+        None,
+        tmp_path / "o2",
+    )
+    assert "arc_easy" in v["skipped"] and "general_probe" in v["tasks"]
+
+
+def test_quick_suite_on_shared_data(shared_data, tmp_path):
+    v = evaluate(
+        _config(suite="quick", data_dir=str(shared_data), limit=6), "tiny-random-llama", None, tmp_path
+    )
+    assert v["verdict"] == "PASS"
+    assert set(v["tasks"]) >= {"arc_easy", "hellaswag", "mmlu_redux", "cmmlu", "wikitext2"}
+    assert v["tasks"]["wikitext2"]["gated"] is False and v["tasks"]["wikitext2"]["kl_to_base"] == 0.0
+
+
+def test_every_other_task_runs_end_to_end(shared_data, tmp_path):
+    tasks = "gsm8k,lambada,truthfulqa_mc1,truthfulqa_mc2,winogrande,openbookqa,commonsense_qa,arc_challenge"
+    v = evaluate(
+        _config(suite=tasks, data_dir=str(shared_data), limit=3, rigidity=False),
+        "tiny-random-llama",
+        None,
+        tmp_path,
+    )
+    assert set(v["tasks"]) == set(tasks.split(","))
+    assert v["tasks"]["truthfulqa_mc2"]["test"] == "sign_flip"
+    assert 0 < v["tasks"]["truthfulqa_mc2"]["base"] < 1
+    rows = pq.read_table(tmp_path / "items.parquet").to_pylist()
+    gsm = [r for r in rows if r["task"] == "gsm8k"]
+    assert len(gsm) == 3 and all(r["base_pred"] == r["tuned_pred"] for r in gsm)
+    assert v["verdict"] == "PASS"
+
+
+@pytest.mark.slow
+def test_damaged_real_model_is_regressed(shared_data, tmp_path):
+    """SmolLM2 with Gaussian noise on every weight matrix loses clearly on the probe + ARC-Easy."""
+    model, tok = load_model("smollm2-135m-instruct")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and "embed" not in name:
+                p.add_(torch.randn_like(p) * p.std())
+    model.save_pretrained(tmp_path / "damaged", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "damaged")
+    config = _config(suite="general_probe,arc_easy", limit=100, data_dir=str(shared_data), rigidity=False)
+    v = evaluate(config, "smollm2-135m-instruct", str(tmp_path / "damaged"), tmp_path / "out")
+    assert v["comparison"] == "two_models"
+    arc = v["tasks"]["arc_easy"]
+    assert arc["delta"] < -0.1 and arc["p_holm"] < 0.05, arc
+    assert v["verdict"] == "REGRESSED"
+    assert "arc_easy" in v["reason"] and "replay ratio" in v["recommendation"]

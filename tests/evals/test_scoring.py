@@ -1,0 +1,103 @@
+"""The batched, context-sharing scorer gives the same numbers as scoring each request on its own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evals.scoring import Scorer, cut_at_stop, encode_pair, fixed_view, prefix_token_id
+from training.models import load_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = load_model("tiny-random-llama")
+    model.eval()
+    return model, tok
+
+
+def _naive(model, tok, context: str, continuation: str) -> tuple[float, bool]:
+    ctx, cont = encode_pair(tok, context, continuation)
+    inp = torch.tensor([ctx + cont])[:, :-1]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(inp).logits.float(), -1)[0, len(ctx) - 1 :]
+    target = torch.tensor(cont)
+    return float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())
+
+
+REQUESTS = [
+    ("Question: Which is heavier?\nAnswer:", " a brick"),
+    ("Question: Which is heavier?\nAnswer:", " a feather that is very long indeed"),
+    ("Question: Which is heavier?\nAnswer:", " A"),
+    ("Short", " x"),
+    ("A context with a trailing space ", "word"),
+    ("The cat sat on the mat because the cat", " was tired."),
+    ("The cat sat on the mat because the mat", " was tired."),
+    ("中文的上下文：", "答案"),
+]
+
+
+def test_encode_pair_moves_trailing_space_to_continuation(tiny):
+    _, tok = tiny
+    ctx, cont = encode_pair(tok, "abc ", "d")
+    assert tok.decode(ctx) == "abc" and tok.decode(cont) == " d"
+    ctx, cont = encode_pair(tok, "", "hello")
+    assert ctx == [prefix_token_id(tok)] and tok.decode(cont) == "hello"
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_batched_loglikelihood_matches_one_by_one(tiny, batch_size):
+    model, tok = tiny
+    res = Scorer(tok, batch_size=batch_size).loglikelihood(REQUESTS, {"m": fixed_view(model)})["m"]
+    for (ctx, cont), r in zip(REQUESTS, res, strict=True):
+        lp, greedy = _naive(model, tok, ctx, cont)
+        assert r.logprob == pytest.approx(lp, abs=1e-4)
+        assert r.is_greedy == greedy
+        assert r.n_tokens == len(encode_pair(tok, ctx, cont)[1])
+
+
+def test_views_are_scored_separately(tiny):
+    model, tok = tiny
+    other, _ = load_model("tiny-random-llama")
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    res = Scorer(tok).loglikelihood(REQUESTS, {"base": fixed_view(model), "tuned": fixed_view(other)})
+    assert [r.logprob for r in res["base"]] == pytest.approx(
+        [_naive(model, tok, *q)[0] for q in REQUESTS], abs=1e-4
+    )
+    assert [r.logprob for r in res["tuned"]] == pytest.approx(
+        [_naive(other, tok, *q)[0] for q in REQUESTS], abs=1e-4
+    )
+
+
+def test_perplexity_and_kl(tiny):
+    model, tok = tiny
+    texts = [
+        "The quick brown fox jumps over the lazy dog.",
+        "A second, somewhat longer text about nothing much.",
+    ]
+    same = Scorer(tok).perplexity(texts, {"base": fixed_view(model), "tuned": fixed_view(model)})
+    for i, t in enumerate(texts):
+        lp, _ = _naive(model, tok, "", t)
+        assert same["base"][i].logprob == pytest.approx(lp, abs=1e-4)
+        assert same["base"][i].n_bytes == len(t.encode())
+        assert same["tuned"][i].kl_to_base == pytest.approx(0.0, abs=1e-6)
+    other, _ = load_model("tiny-random-llama")
+    with torch.no_grad():
+        other.lm_head.weight.mul_(3.0)
+    diff = Scorer(tok).perplexity(texts, {"base": fixed_view(model), "tuned": fixed_view(other)})
+    assert all(r.kl_to_base > 1e-3 for r in diff["tuned"])
+
+
+def test_generate_is_greedy_and_cut_at_stop(tiny):
+    model, tok = tiny
+    prompts = ["Hello there", "Another, longer prompt to pad the batch"]
+    out = Scorer(tok, batch_size=2).generate(prompts, {"m": fixed_view(model)}, until=[], max_new_tokens=8)[
+        "m"
+    ]
+    for p, text in zip(prompts, out, strict=True):
+        ids = torch.tensor([tok.encode(p)])
+        ref = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert text == tok.decode(ref[0, ids.shape[1] :], skip_special_tokens=True)
+    assert cut_at_stop("abc\n\nQuestion: x", ["Question:", "\n\n"]) == "abc"
