@@ -151,13 +151,16 @@ def bench_signatures(n_docs: int, num_perm: int, ngram: int) -> list[tuple[str, 
     return rows
 
 
-def plain_datasketch_dedup(docs: list[str], threshold: float, num_perm: int, ngram: int) -> int:
-    """What a user writes with datasketch alone: bulk MinHash, LSH insert+query, union-find."""
+def plain_datasketch_clusters(shingle_lists: list[list[str]], threshold: float, num_perm: int) -> list[int]:
+    """What a user writes with datasketch alone: bulk MinHash, LSH insert+query, union-find.
+
+    Returns each document's cluster root (shared with bench/dedup_quality.py).
+    """
     from datasketch import MinHash, MinHashLSH
 
-    mhs = MinHash.bulk([[s.encode() for s in py_shingles(d, ngram)] for d in docs], num_perm=num_perm)
+    mhs = MinHash.bulk([[s.encode() for s in sh] for sh in shingle_lists], num_perm=num_perm)
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    parent = list(range(len(docs)))
+    parent = list(range(len(shingle_lists)))
 
     def find(x: int) -> int:
         while parent[x] != x:
@@ -171,7 +174,13 @@ def plain_datasketch_dedup(docs: list[str], threshold: float, num_perm: int, ngr
             if a != b:
                 parent[max(a, b)] = min(a, b)
         lsh.insert(i, m)
-    return sum(1 for i in range(len(docs)) if find(i) == i)
+    return [find(i) for i in range(len(shingle_lists))]
+
+
+def plain_datasketch_dedup(docs: list[str], threshold: float, num_perm: int, ngram: int) -> int:
+    """Number of clusters (= kept docs) of the plain datasketch script."""
+    roots = plain_datasketch_clusters([py_shingles(d, ngram) for d in docs], threshold, num_perm)
+    return sum(1 for i, r in enumerate(roots) if r == i)
 
 
 def bench_stage(n_docs: int, threshold: float, num_perm: int, ngram: int) -> list[tuple[str, float, int]]:

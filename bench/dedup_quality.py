@@ -184,25 +184,9 @@ def plain_words(r: Record, n: int = 5) -> list[str]:
 
 
 def clusters_datasketch(records: list[Record], threshold: float, num_perm: int = 128) -> np.ndarray:
-    from datasketch import MinHash, MinHashLSH
+    from dedup_bench import plain_datasketch_clusters  # bench/ is on sys.path when run as a script
 
-    mhs = MinHash.bulk([[s.encode() for s in plain_words(r)] for r in records], num_perm=num_perm)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    parent = list(range(len(records)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for i, m in enumerate(mhs):
-        for j in lsh.query(m):
-            a, b = find(i), find(j)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-        lsh.insert(i, m)
-    return np.array([find(i) for i in range(len(records))])
+    return np.array(plain_datasketch_clusters([plain_words(r) for r in records], threshold, num_perm))
 
 
 def hard_negatives(threshold: float) -> None:
