@@ -186,6 +186,7 @@ def test_hub_templates_render_hub_rows(task, monkeypatch):
     """Without a local copy the hub is read; its field names differ, so the hub block's templates apply."""
     import datasets
 
+    monkeypatch.delenv("SFTFLOW_DATA_DIR", raising=False)  # no local copy: the hub path is under test
     row = HUB_ROWS[task]
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: [row] * 4)
     items = load_items(task, data_dir=None)
@@ -217,5 +218,6 @@ def test_hub_failure_offline_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.delenv("SFTFLOW_DATA_DIR", raising=False)
     with pytest.raises(DataUnavailableError, match="allenai/ai2_arc.*offline mode is on.*SFTFLOW_DATA_DIR"):
         load_items("arc_easy", data_dir=None)
