@@ -93,7 +93,7 @@ def comparison_markdown(arms: list[dict[str, Any]], command: str) -> str:
         if tuned:
             rig_lines.append(
                 f"| {a['ratio']:g} | " + " | ".join(
-                    f"{_num(base.get(k))} → {_num(tuned.get(k))}" for k in ("distinct_1", "distinct_2",
+                    f"{_val(base.get(k))} → {_val(tuned.get(k))}" for k in ("distinct_1", "distinct_2",
                                                                         "self_similarity", "same_opening_share"))
                 + " |")
     out = [f"Command: `{command}`; date: {dt.date.today().isoformat()}.", "", *lines]
@@ -102,6 +102,10 @@ def comparison_markdown(arms: list[dict[str, Any]], command: str) -> str:
                 "| ratio | distinct-1 | distinct-2 | self-similarity | same opening |", "|---|---|---|---|---|",
                 *rig_lines]
     return "\n".join(out)
+
+
+def _val(v: Any) -> str:
+    return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def _num(v: Any) -> str:
@@ -158,6 +162,10 @@ def replay_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: lis
         tmp.write_text(md + "\n")
     write_json(rd / "replay.json", {"arms": comparison_rows(arms), "curate": curated, "split": split})
     plot(arms, rd / "replay.png")
+    from flows.report import build_report
+
+    report = build_report(rd)
+    log.info("report: %s", report)
     create_markdown_artifact(key=artifact_key(r, "replay-table"), markdown=md, description="replay experiment")
     create_table_artifact(key=artifact_key(r, "replay-arms"), table=comparison_rows(arms))
     return {"run_dir": str(rd), "arms": arms, "markdown": md}

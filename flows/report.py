@@ -59,6 +59,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("mix", "Mixture"),
     ("training", "Training"),
     ("eval", "Before/after eval"),
+    ("replay", "Replay experiment"),
     ("trend", "Trend"),
     ("stage-details", "Stage details"),
 ]
@@ -276,6 +277,7 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         "train": _read_json(rd / "train" / "summary.json"),
         "train_log": read_train_log(rd / "train" / "train_log.jsonl"),
         "verdict": _read_json(rd / "eval" / "verdict.json"),
+        "replay": _read_json(rd / "replay.json"),
     }
 
 
@@ -835,6 +837,36 @@ def _eval(run: dict[str, Any], figure: _Figures) -> str:
     return "".join(parts)
 
 
+def _replay(run: dict[str, Any], figure: _Figures) -> str:
+    """The replay experiment (flows/experiments.py): target gain vs general deltas per replay ratio."""
+    import plotly.graph_objects as go
+
+    arms = [a for a in _list(_dict(run.get("replay")).get("arms")) if isinstance(a, dict)]
+    if not arms:
+        return _not_run("Replay experiment (only experiment runs have one)")
+    tasks = [k for k in arms[0] if f"{k}_ci" in arms[0]]
+    rows = []
+    for a in arms:
+        cells = [a.get("ratio"), a.get("general_rows"), a.get("train_loss"), _num(a.get("target_gain"))]
+        for t in tasks:
+            lo, hi = (list(a.get(f"{t}_ci") or []) + [None, None])[:2]
+            cells.append(f"{fmt(_num(a.get(t)))} [{fmt(_num(lo))}, {fmt(_num(hi))}]")
+        cells.append(a.get("verdict"))
+        rows.append(cells)
+    parts = [_table(["replay ratio", "general rows", "train loss", "target gain (NLL/token)",
+                     *[f"Δ {t} [95% CI]" for t in tasks], "verdict"], rows)]
+    fig = go.Figure()
+    ratios = [a.get("ratio") for a in arms]
+    for t in tasks:
+        fig.add_trace(go.Scatter(x=ratios, y=[_num(a.get(t)) for a in arms], mode="lines+markers", name=_label(t)))
+    fig.add_trace(go.Scatter(x=ratios, y=[_num(a.get("target_gain")) for a in arms], mode="lines+markers",
+                             name="target gain", line={"dash": "dash", "width": 3}))
+    fig.add_hline(y=0, line_color="#374151")
+    parts.append(figure(fig.update_layout(title="tuned − base per replay ratio", xaxis_title="replay ratio",
+                                          yaxis_title="delta"), height=360))
+    return "".join(parts)
+
+
 def _trend(history: list[dict[str, Any]], figure: _Figures) -> str:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -921,6 +953,7 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "mix": lambda: _mix(run, figure),
         "training": lambda: _training(run, figure),
         "eval": lambda: _eval(run, figure),
+        "replay": lambda: _replay(run, figure),
         "trend": lambda: _trend(history, figure),
         "stage-details": lambda: _stage_details(run),
     }
