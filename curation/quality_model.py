@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -41,6 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation.io import atomic_path, iter_record_batches, parquet_schema, write_json
 from curation.records import Record, content_id, detect_lang
+
+log = logging.getLogger(__name__)
 
 FORMAT = "sftflow-quality-fasttext/1"
 POS, NEG = "__label__hq", "__label__lq"
@@ -255,29 +258,37 @@ def train_classifier(
         train_file = os.path.join(tmp, "train.txt")
         with open(train_file, "w", encoding="utf-8") as fh:
             fh.write("\n".join(train_lines) + "\n")
-        try:
-            model = fasttext.train_supervised(
-                input=train_file,
-                epoch=cfg.epoch,
-                lr=cfg.lr,
-                wordNgrams=cfg.word_ngrams,
-                dim=cfg.dim,
-                bucket=cfg.bucket,
-                minCount=cfg.min_count,
-                thread=cfg.threads,
-                seed=cfg.seed,
-                verbose=0,
-                minn=0,
-                maxn=0,
-                loss="softmax",
-            )
-        except RuntimeError as e:  # fastText reports divergence as "Encountered NaN."
-            raise ValueError(f"fastText training failed ({e}); lower lr (now {cfg.lr})") from None
+        # fastText can diverge ("Encountered NaN.") on small or very separable data: halve lr and retry
+        lr = cfg.lr
+        for attempt in range(4):
+            try:
+                model = fasttext.train_supervised(
+                    input=train_file,
+                    epoch=cfg.epoch,
+                    lr=lr,
+                    wordNgrams=cfg.word_ngrams,
+                    dim=cfg.dim,
+                    bucket=cfg.bucket,
+                    minCount=cfg.min_count,
+                    thread=cfg.threads,
+                    seed=cfg.seed,
+                    verbose=0,
+                    minn=0,
+                    maxn=0,
+                    loss="softmax",
+                )
+                break
+            except RuntimeError as e:
+                if attempt == 3:
+                    raise ValueError(f"fastText training failed ({e}) even at lr {lr}; check the data") from None
+                log.warning("fastText diverged at lr %s (%s); retrying at lr %s", lr, e, lr / 2)
+                lr /= 2
     scores = _p_hq(model, [line for line, _ in held])
     metrics = _binary_metrics(scores, [y for _, y in held])
     metrics.update(
         {
             "n_train": len(train_lines),
+            "lr_used": lr,
             "n_heldout": len(held),
             "n_pos": counts["pos"],
             "n_neg": counts["neg"],
