@@ -237,7 +237,9 @@ class DedupStage(Stage):
         rank[order] = np.arange(n)
 
         if c.index is not None:
-            self._index = open_index(c.index, self.index_settings(), self.bands, self.rows)
+            # a rerun of the same run (crash between index commit and publish) must not meet its own rows
+            tag = hashlib.sha256(self.run_key.encode()).hexdigest()[:24] if self.run_key else None
+            self._index = open_index(c.index, self.index_settings(), self.bands, self.rows, run_tag=tag)
             self._index_entries_before = len(self._index)
 
         valid = np.flatnonzero(status == _KEEP)

@@ -85,12 +85,19 @@ class DedupIndex:
         raise NotImplementedError
 
 
-def open_index(spec: str, settings: dict[str, Any], bands: int, rows: int) -> DedupIndex:
-    """A folder path or ``redis://host:port/db[?basename=name]``."""
+def open_index(
+    spec: str, settings: dict[str, Any], bands: int, rows: int, run_tag: str | None = None
+) -> DedupIndex:
+    """A folder path or ``redis://host:port/db[?basename=name]``.
+
+    ``run_tag`` names this run: entries an earlier attempt of the *same* run committed (it crashed
+    after committing, before its stage was published) are not "earlier runs' rows" for it, and its
+    commit is not repeated. A new run on the same data has another tag and meets them as usual.
+    """
     if spec.startswith("redis://"):
-        index: DedupIndex = RedisIndex(spec, settings, bands, rows)
+        index: DedupIndex = RedisIndex(spec, settings, bands, rows, run_tag=run_tag)
     else:
-        index = FolderIndex(spec)
+        index = FolderIndex(spec, run_tag=run_tag)
     index.check_settings(settings)
     return index
 
@@ -112,13 +119,16 @@ def _check(found: dict[str, Any], settings: dict[str, Any], where: str) -> None:
 class FolderIndex(DedupIndex):
     """Append-only parts in a folder; see the module docstring."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, run_tag: str | None = None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         meta_path = self.path / "meta.json"
         self.meta: dict[str, Any] = read_json(meta_path) if meta_path.exists() else {}
         self._pending: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = []
-        parts = self.meta.get("parts", [])
+        self.run_tag = run_tag
+        all_parts = self.meta.get("parts", [])
+        # parts this run committed in an earlier, crashed attempt: not earlier runs' rows
+        parts = [p for p in all_parts if run_tag is None or p.get("tag") != run_tag]
         ids: list[str] = []
         exact, sigs, near_ok, seqs = [], [], [], []
         for part in parts:
@@ -227,6 +237,12 @@ class FolderIndex(DedupIndex):
             meta.setdefault("settings", self.settings)
             _check(meta["settings"], self.settings, str(self.path))
             parts = meta["parts"]
+            if self.run_tag is not None and any(p.get("tag") == self.run_tag for p in parts):
+                # an earlier attempt of this very run committed the same rows: committing is idempotent
+                self._pending.clear()
+                self._spool.close()
+                self._spool = None
+                return
             first_seq = parts[-1]["first_seq"] + parts[-1]["rows"] if parts else 0
             name = f"part-{len(parts):05d}"
             base = self.path / name
@@ -245,7 +261,7 @@ class FolderIndex(DedupIndex):
             del spooled
             with atomic_path(f"{base}.ids.parquet") as tmp:
                 pq.write_table(pa.table({"id": pa.array(ids, pa.string())}), tmp)
-            parts.append({"name": name, "rows": len(ids), "first_seq": first_seq})
+            parts.append({"name": name, "rows": len(ids), "first_seq": first_seq, "tag": self.run_tag})
             write_json(meta_path, meta)
         self._pending.clear()
         self._spool.close()  # deletes the spool file
@@ -259,7 +275,7 @@ class FolderIndex(DedupIndex):
 class RedisIndex(DedupIndex):
     """datasketch ``MinHashLSH`` on Redis + hashes for exact keys and signatures; see module docstring."""
 
-    def __init__(self, url: str, settings: dict[str, Any], bands: int, rows: int):
+    def __init__(self, url: str, settings: dict[str, Any], bands: int, rows: int, run_tag: str | None = None):
         try:
             import redis
             from datasketch import MinHashLSH
@@ -290,6 +306,9 @@ class RedisIndex(DedupIndex):
         self._k_exact = f"{self.basename}:sftflow:exact"
         self._k_sig = f"{self.basename}:sftflow:sig"
         self._k_seq = f"{self.basename}:sftflow:seq"
+        self._k_tag = f"{self.basename}:sftflow:tag"  # entry id -> tag of the run that committed it
+        self._k_tags = f"{self.basename}:sftflow:tags"  # tags whose commit completed
+        self.run_tag = run_tag
         self._pending: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = []
 
     def __len__(self) -> int:
@@ -308,6 +327,9 @@ class RedisIndex(DedupIndex):
         vals = self.r.hmget(self._k_exact, [k.tobytes() for k in exact_keys.astype(np.uint64)])
         rows = [i for i, v in enumerate(vals) if v is not None]
         entries = [json.loads(vals[i]) for i in rows]
+        own = self._own([e["id"].encode() for e in entries])
+        rows = [i for i, o in zip(rows, own, strict=True) if not o]
+        entries = [e for e, o in zip(entries, own, strict=True) if not o]
         return IndexMatches(
             np.array(rows, dtype=np.int64),
             [e["id"] for e in entries],
@@ -325,7 +347,10 @@ class RedisIndex(DedupIndex):
             return _empty_matches(signatures.shape[1])
         unique = sorted(set(pair_key))
         found = dict(zip(unique, self.r.hmget(self._k_sig, unique), strict=True))
-        keep = [j for j, k in enumerate(pair_key) if found[k] is not None]
+        own = dict(zip(unique, self._own(unique), strict=True))
+        keep = [j for j, k in enumerate(pair_key) if found[k] is not None and not own[k]]
+        if not keep:
+            return _empty_matches(signatures.shape[1])
         sig = np.stack([np.frombuffer(found[pair_key[j]][8:], dtype=np.uint32) for j in keep])
         seq = np.array([int(np.frombuffer(found[pair_key[j]][:8], dtype=np.int64)[0]) for j in keep])
         return IndexMatches(
@@ -334,6 +359,13 @@ class RedisIndex(DedupIndex):
             seq,
             sig.astype(np.uint32),
         )
+
+    def _own(self, entry_ids: list[bytes]) -> list[bool]:
+        """Which entries this run committed itself in an earlier, crashed attempt."""
+        if self.run_tag is None or not entry_ids:
+            return [False] * len(entry_ids)
+        tags = self.r.hmget(self._k_tag, entry_ids)
+        return [t is not None and t.decode() == self.run_tag for t in tags]
 
     def _query(self, signatures: np.ndarray, chunk: int = 2048):
         """(row, candidate keys) for each signature.
@@ -377,6 +409,9 @@ class RedisIndex(DedupIndex):
     def commit(self) -> None:
         from datasketch import LeanMinHash
 
+        if self.run_tag is not None and self.r.sismember(self._k_tags, self.run_tag):
+            self._pending.clear()  # an earlier attempt of this very run committed the same rows
+            return
         for ids, exact, sigs, near_ok in self._pending:
             last = int(self.r.incrby(self._k_seq, len(ids)))
             first = last - len(ids)
@@ -386,6 +421,8 @@ class RedisIndex(DedupIndex):
                 # an exact key already accepted by another worker keeps its earlier owner
                 pipe.hsetnx(self._k_exact, key.tobytes(), json.dumps({"id": row_id, "seq": seq}))
                 pipe.hset(self._k_sig, row_id.encode(), np.int64(seq).tobytes() + sig.tobytes())
+                if self.run_tag is not None:
+                    pipe.hset(self._k_tag, row_id.encode(), self.run_tag)
             pipe.execute()
             with self.lsh.insertion_session() as session:
                 for row_id, sig, ok in zip(ids, sigs, near_ok, strict=True):
@@ -395,4 +432,6 @@ class RedisIndex(DedupIndex):
                             LeanMinHash(seed=self.seed, hashvalues=sig, scheme="affine32"),
                             check_duplication=False,
                         )
+        if self.run_tag is not None:
+            self.r.sadd(self._k_tags, self.run_tag)  # last: the commit is complete
         self._pending.clear()

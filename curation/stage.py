@@ -71,6 +71,11 @@ class Stage:
     #: stage itself writes (dedup's persistent index), or no run would ever be cached.
     input_file_fields: ClassVar[tuple[str, ...]] = ("general", "model")
 
+    #: identifies one run of this stage (input fingerprint + output folder), set by :func:`run_stage`;
+    #: a rerun after a crash has the same key. Stages with outside side effects (dedup's persistent
+    #: index) use it to recognise what an earlier attempt of the same run already wrote.
+    run_key: str | None = None
+
     def __init__(self, config: BaseModel | None = None):
         self.config = config if config is not None else self.Config()
         self.counters: Counter[str] = Counter()
@@ -247,6 +252,7 @@ def run_stage(
     stats_path.unlink(missing_ok=True)
     started = time.perf_counter()
     schema = record_schema(stage.attr_fields, base=parquet_schema(input_path))
+    stage.run_key = f"{fp}:{out_dir.resolve()}"
     if stage.needs_fit:
         stage.fit(iter_record_batches(input_path, batch_size))
         crash_point(stage.name, "fit")

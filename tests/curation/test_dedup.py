@@ -420,3 +420,27 @@ def test_chinese_real_rows_with_one_character_edits(shared_data):
     merged_base = [d for d in dropped if d.record.id.startswith("z") and not d.duplicate_of.startswith("e")]
     assert len(merged_base) < 10
     assert stats["extra"]["char_shingled_records"] > 250
+
+
+def _attempt(records: list[Record], index: str, run_key: str | None):
+    stage = DedupStage(DedupConfig(index=index))
+    stage.run_key = run_key  # run_stage sets it: input fingerprint + output folder
+    kept, dropped, _ = apply_stage(stage, records)
+    return kept, dropped
+
+
+@pytest.mark.parametrize("backend", ["folder", "redis"])
+def test_a_rerun_of_the_same_run_does_not_meet_its_own_committed_rows(backend, tmp_path, corpus, request):
+    """A crash after the index commit but before the stage is published reruns dedup with the same run
+    key: its own rows in the index must not count as earlier runs' rows, and the commit is not doubled.
+    A different run (another key) on the same data does meet them."""
+    index = str(tmp_path / "idx") if backend == "folder" else request.getfixturevalue("redis_url") + "?basename=rk"
+    first_kept, _ = _attempt(corpus[:20], index, "run-a")
+    again_kept, again_dropped = _attempt(corpus[:20], index, "run-a")
+    assert [r.id for r in again_kept] == [r.id for r in first_kept]
+    assert not any("earlier run" in d.detail for d in again_dropped)
+    other_kept, other_dropped = _attempt(corpus[:20], index, "run-b")
+    assert other_kept == [] and len(other_dropped) == 20
+    if backend == "folder":
+        meta = json.loads((Path(index) / "meta.json").read_text())
+        assert [p["tag"] is not None for p in meta["parts"]] == [True]  # run-a committed once, run-b kept none

@@ -418,8 +418,6 @@ def test_demo_threshold_change_reruns_from_that_stage(demo, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="dedup commits its persistent index before the stage is published; "
-                   "a resume then finds the run's own rows in the index and drops them all (owner: dedup)")
 def test_dedup_index_survives_a_kill_between_commit_and_publish(demo, tmp_path):
     """With a persistent index, dedup commits this run's rows to the index while processing its last
     batch. A kill before the stage's stats.json is written makes the resume rerun dedup against an
