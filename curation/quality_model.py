@@ -54,7 +54,7 @@ class ClassifierConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     epoch: int = Field(15, ge=1)
-    lr: float = Field(0.5, gt=0)
+    lr: float = Field(0.2, gt=0, description="0.5 diverged (NaN) or mis-trained on small sets in some processes")
     word_ngrams: int = Field(2, ge=1, le=5)
     dim: int = Field(32, ge=2)
     # hashed n-gram buckets: the .bin is about bucket * dim * 4 bytes (200k x 32 -> 26 MB)

@@ -965,8 +965,10 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
             log.warning("report section %s of %s failed: %s: %s", sid, run["run_dir"], type(e).__name__, e)
             bodies[sid] = f'<p class="warn">{SECTION_FAILED}: {esc(type(e).__name__)}: {esc(e)}</p>'
 
-    nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in SECTIONS)
-    sections = "".join(_section(sid, title, bodies[sid]) for sid, title in SECTIONS)
+    # the replay section belongs to experiment runs only
+    shown = [(sid, title) for sid, title in SECTIONS if sid != "replay" or run.get("replay")]
+    nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in shown)
+    sections = "".join(_section(sid, title, bodies[sid]) for sid, title in shown)
     title = f"sftflow report: {run['name']}"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
