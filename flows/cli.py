@@ -445,9 +445,13 @@ def _finish(rd: Path, res: dict, failed: Exception | None, print_curation, print
     tr = res.get("train") or (read_json(rd / "train" / "summary.json") if (rd / "train" / "summary.json").exists()
                               else None)
     if tr:
+        def f(v: Any, d: int = 3) -> str:
+            return f"{v:.{d}f}" if isinstance(v, float) else str(v)
+
         out_console.print(
-            f"SFT: {tr.get('method')} {tr.get('steps')} steps, loss {tr.get('first_loss')} → {tr.get('final_loss')}, "
-            f"{tr.get('tokens_per_s')} tokens/s"
+            f"SFT: {tr.get('method')} {tr.get('steps')} steps, loss {f(tr.get('first_loss'))} → "
+            f"{f(tr.get('final_loss'))}, {f(tr.get('tokens_per_s'), 0)} tokens/s ({tr.get('precision')}, "
+            f"{tr.get('device')}); outputs in {rd / 'train'}"
         )
     verdict = res.get("verdict") or (read_json(rd / "eval" / "verdict.json")
                                      if (rd / "eval" / "verdict.json").exists() else None)
