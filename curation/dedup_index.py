@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.errors import SftflowError
 from curation.io import atomic_path, read_json, write_json
 from curation.minhash import band_keys
 
@@ -38,7 +39,7 @@ INDEX_VERSION = 1
 MAX_BUCKET_MATCHES = 64
 
 
-class IndexMismatchError(ValueError):
+class IndexMismatchError(SftflowError, ValueError):
     """The index was built with settings that make its signatures incomparable with this run's."""
 
 

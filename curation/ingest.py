@@ -56,6 +56,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field, field_validator
 
+from curation.errors import SftflowError
 from curation.io import LEDGER_SCHEMA, ParquetWriter, record_schema, write_json
 from curation.records import Record, content_id, detect_lang
 from curation.stage import Drop, LedgerBalanceError, drop_row
@@ -125,7 +126,7 @@ class RowError(ValueError):
         self.raw = raw
 
 
-class SourceError(ValueError):
+class SourceError(SftflowError, ValueError):
     """A source that cannot be read at all (missing file, corrupt file, offline hub id...)."""
 
 

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from curation.errors import SftflowError
 from curation.ingest import IngestConfig, RowError, expand_sources, iter_raw_rows, row_to_record
 from curation.io import iter_record_batches
 from curation.records import Record, content_id
@@ -56,7 +57,7 @@ _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\u3040-\u30ff\uac00-\ud7af]")
 _RECORD_COLUMNS = {"id", "source", "lang", "meta"}
 
 
-class MixPoolTooSmall(ValueError):
+class MixPoolTooSmall(SftflowError, ValueError):
     """The general pool cannot supply the requested share (raised with ``strict``)."""
 
 

@@ -21,7 +21,6 @@ what makes a cached result trustworthy after a ``kill -9``.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import shutil
 from collections.abc import Callable
@@ -31,29 +30,15 @@ from typing import Any
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
+from curation.errors import ConfigError
 from curation.ingest import IngestConfig, expand_sources, ingest
 from curation.io import LEDGER_SCHEMA, ParquetWriter, atomic_path, read_json, write_json
+from curation.registry import STAGES
 from curation.stage import Stage, crash_point, published_files_match, run_stage
-
-#: stage name → "module:Class" (imported lazily: a stage's heavy dependencies load only when used)
-STAGES: dict[str, str] = {
-    "dedup": "curation.dedup:DedupStage",
-    "quality": "curation.quality:QualityStage",
-    "score": "curation.score:ScoreStage",
-    "select": "curation.select:SelectStage",
-    "mix": "curation.mix:MixStage",
-}
-
-
-class ConfigError(ValueError):
-    """A recipe/stage config problem, phrased for the user (file, key, problem)."""
 
 
 def stage_class(name: str) -> type[Stage]:
-    if name not in STAGES:
-        raise ConfigError(f"unknown stage {name!r}; known stages: {', '.join(STAGES)}")
-    module, cls = STAGES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return STAGES.resolve(name)
 
 
 def build_stage(name: str, config: dict[str, Any] | BaseModel | None = None, where: str = "") -> Stage:

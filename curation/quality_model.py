@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation.errors import SftflowError
 from curation.io import atomic_path, iter_record_batches, parquet_schema, write_json
 from curation.records import Record, content_id, detect_lang
 
@@ -327,7 +328,7 @@ def _p_hq(model: Any, lines: list[str]) -> list[float]:
 # applying
 
 
-class ModelError(ValueError):
+class ModelError(SftflowError, ValueError):
     """A model path that is missing, not a fastText file, or not trained by sftflow."""
 
 

@@ -32,17 +32,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from curation.errors import SftflowError
+
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 OutputType = Literal["multiple_choice", "loglikelihood", "generate_until", "perplexity"]
 
 
-class TaskSpecError(ValueError):
+class TaskSpecError(SftflowError, ValueError):
     """A task spec or its data is wrong; the message names the file and field."""
 
 
-class DataUnavailableError(RuntimeError):
+class DataUnavailableError(SftflowError, RuntimeError):
     """The task's data is neither in ``data_dir`` nor reachable on the hub (offline)."""
 
 

@@ -24,6 +24,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from curation.errors import SftflowError
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -36,28 +38,17 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_RECIPE = REPO / "configs" / "demo.yaml"
 
 
-class UserError(Exception):
-    pass
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from curation.ingest import SourceError
-    from curation.pipeline import ConfigError
-
-    errs: list[type[BaseException]] = [SourceError, ConfigError, UserError, FileNotFoundError]
-    try:
-        from training.models import ModelNotFoundError
-
-        errs.append(ModelNotFoundError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errs)
+class UserError(SftflowError):
+    """A bad command line (a flag's value, a missing file named on it)."""
 
 
 def main() -> None:
     try:
         app()
-    except _user_errors() as e:
+    except SftflowError as e:
+        console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
+        sys.exit(e.exit_code)
+    except FileNotFoundError as e:  # a path named on the command line that is not there
         console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
         sys.exit(2)
 

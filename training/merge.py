@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
+from curation.errors import SftflowError
 from curation.io import read_json
 from training.models import load_model
 
 
-class MergeError(ValueError):
+class MergeError(SftflowError, ValueError):
     pass
 
 

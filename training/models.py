@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from curation.errors import SftflowError
+
 ALIASES = ("smollm2-135m-instruct", "tiny-random-llama")
 
 # A ChatML template: used for the tiny model, and as the fallback for models that ship none.
@@ -31,7 +33,7 @@ CHATML_TEMPLATE = (
 )
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(SftflowError, ValueError):
     pass
 
 
