@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from curation.dedup import DedupConfig, DedupStage  # noqa: E402
 from curation.minhash import SignatureBuilder  # noqa: E402
 from curation.records import Record, normalize_text  # noqa: E402
-from curation.stage import apply_stage  # noqa: E402
+from curation.runner import apply_stage  # noqa: E402
 
 DATA = Path(os.environ.get("SFTFLOW_DATA_DIR", REPO.parent / "shared" / "data"))
 
@@ -227,7 +227,7 @@ def _vm_hwm_kib() -> int:
 def rss_child(src: str, batch_size: int) -> None:
     """Child process: stream ``src`` through the stage; print its peak RSS as JSON."""
     from curation.io import count_rows
-    from curation.stage import run_stage
+    from curation.runner import run_stage
 
     base = _vm_hwm_kib()  # interpreter + imports
     t = time.process_time()
@@ -236,7 +236,7 @@ def rss_child(src: str, batch_size: int) -> None:
     secs = time.process_time() - t
     peak = _vm_hwm_kib()
     out = {"docs": count_rows(src), "peak_rss_mib": peak / 1024, "rss_before_mib": base / 1024}
-    print(json.dumps(out | {"cpu_seconds": secs, "rows_out": stats["rows_out"]}))
+    print(json.dumps(out | {"cpu_seconds": secs, "rows_out": stats.rows_out}))
 
 
 def main() -> None:

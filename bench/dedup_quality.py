@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from curation.dedup import DedupConfig, DedupStage  # noqa: E402
 from curation.minhash import shingle_text, shingles  # noqa: E402
 from curation.records import Record, normalize_text  # noqa: E402
-from curation.stage import apply_stage  # noqa: E402
+from curation.runner import apply_stage  # noqa: E402
 
 DATA = Path(os.environ.get("SFTFLOW_DATA_DIR", REPO.parent / "shared" / "data"))
 _TEMPLATE = re.compile(r"### Instruction:\s*(.*?)\s*(?:### Input:\s*(.*?)\s*)?### Response:", re.S)

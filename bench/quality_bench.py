@@ -38,7 +38,7 @@ from curation.quality import QualityConfig, QualityStage, RulesConfig  # noqa: E
 from curation.quality_junk import JUNK_KINDS, load_clean_records, make_junk  # noqa: E402
 from curation.quality_model import QualityClassifier, train_classifier  # noqa: E402
 from curation.records import Record  # noqa: E402
-from curation.stage import apply_stage, run_stage  # noqa: E402
+from curation.runner import apply_stage, run_stage  # noqa: E402
 
 DATA = Path(os.environ.get("SFTFLOW_DATA_DIR", REPO.parent / "shared" / "data"))
 

@@ -41,9 +41,9 @@ from curation.diversity import (  # noqa: E402
 from curation.ingest import IngestConfig, ingest  # noqa: E402
 from curation.io import iter_record_batches, read_records, write_records  # noqa: E402
 from curation.records import Record  # noqa: E402
+from curation.runner import apply_stage, run_stage  # noqa: E402
 from curation.score import ScoreConfig, ScoreStage, classify_task  # noqa: E402
 from curation.select import SelectConfig, SelectStage  # noqa: E402
-from curation.stage import apply_stage, run_stage  # noqa: E402
 
 DATA = Path(os.environ.get("SFTFLOW_DATA_DIR", REPO.parent / "shared" / "data"))
 EN_SOURCES = ["dolly_hhrlhf_sample", "self_instruct_seed"]
@@ -167,7 +167,7 @@ def select_child(path: str, method: str, budget: int) -> None:
                 path,
                 out,
             )
-            kept = stats["rows_out"]
+            kept = stats.rows_out
         secs = time.perf_counter() - t
     peak = _peak_rss_kib()
     print(

@@ -142,7 +142,7 @@ def child(spec: dict) -> None:
     marks = []
     t0, c0 = time.perf_counter(), time.process_time()
 
-    def on_stage(name: str, stats: dict) -> None:
+    def on_stage(name: str, stats) -> None:
         marks.append({"stage": name, "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
                       "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
 
@@ -157,13 +157,13 @@ def child(spec: dict) -> None:
     n_ledger = pq.ParquetFile(run / "ledger.parquet").metadata.num_rows
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # the peer: the stage runner alone (read → records → a stage that keeps everything → write)
-    from curation.stage import run_stage
+    from curation.runner import run_stage
 
     c1 = time.process_time()
     run_stage(_noop_stage(), run / "00_ingest" / "output.parquet", run / "noop", batch_size=spec["batch_size"])
     noop_cpu = time.process_time() - c1
-    print(json.dumps({"summary": {k: summary[k] for k in ("rows_in", "rows_added", "rows_out", "rows_dropped",
-                                                          "balanced", "stages")},
+    print(json.dumps({"summary": summary.model_dump(mode="json", include={"rows_in", "rows_added", "rows_out",
+                                                                          "rows_dropped", "balanced", "stages"}),
                       "marks": marks, "wall": wall, "cpu": cpu, "n_out": n_out, "n_ledger": n_ledger,
                       "maxrss_kb": rss_kb, "noop_cpu": noop_cpu}))
 

@@ -10,6 +10,8 @@ It lives in ``curation`` (the lowest layer) so that every layer can raise it.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SftflowError(Exception):
     """A problem the user can fix; ``str(error)`` is the one line the CLI prints (exit code 2)."""
@@ -21,4 +23,16 @@ class ConfigError(SftflowError, ValueError):
     """A recipe / stage config problem, phrased for the user (file, key, problem)."""
 
 
-__all__ = ["SftflowError", "ConfigError"]
+def format_validation_error(err: Any, prefix: str = "") -> str:
+    """A pydantic ``ValidationError`` as one line: ``key.path: problem (got value)`` per problem."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        key = ".".join(p for p in (prefix, loc) if p)
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{key}: {e['msg']}{got_s}")
+    return "; ".join(lines)
+
+
+__all__ = ["SftflowError", "ConfigError", "format_validation_error"]

@@ -65,9 +65,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):  # a pydantic model (typed stats, summaries)
+        return obj.model_dump(mode="json")
+    return str(obj)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as indented, key-sorted JSON (pydantic models as their JSON form), published atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

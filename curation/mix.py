@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.errors import SftflowError
-from curation.ingest import IngestConfig, RowError, expand_sources, iter_raw_rows, row_to_record
+from curation.ingest import IngestConfig, RowError, SourceError, expand_sources, iter_raw_rows, row_to_record
 from curation.io import iter_record_batches
 from curation.records import Record, content_id
 from curation.score import classify_task, complexity_features, complexity_score
@@ -133,8 +133,8 @@ class MixStage(Stage):
     def _sources(self) -> list[str]:
         try:
             return expand_sources(self.config.general)
-        except ValueError as e:
-            raise ValueError(f"mix: general data: {e}") from None
+        except SourceError as e:
+            raise SourceError(f"mix: general data: {e}") from None
 
     def _iter_pool(self, path: str) -> Iterator[tuple[Record | None, str]]:
         """(record or None for a bad row, reason) for every row of one general source."""

@@ -1,21 +1,26 @@
-"""The curation pipeline: ingest, then each stage in order, in one run folder, resumable.
+"""The curation pipeline: ingest, then each stage in order, into one curate folder, resumable.
 
-Layout of ``run_dir``::
+Layout (:class:`curation.rundir.CurateDir`)::
 
     00_ingest/   output.parquet  ledger.parquet  stats.json
     01_dedup/    ...
     02_quality/  ...
-    output.parquet   the curated records (a copy of the last stage's output)
+    output.parquet   the curated records (the last stage's output)
     ledger.parquet   every dropped row of every stage, with stage + reason (+ duplicate_of)
     summary.json     the funnel: rows in → after each stage → out, drops per stage and reason
 
-Resume: every stage folder's ``stats.json`` holds a fingerprint of the stage's input content and
-config (chained from the sources' bytes through every earlier stage). ``resume=True`` skips a
-stage whose fingerprint matches, so a rerun after a crash picks up at the first unfinished stage,
-and changing a later stage's threshold reruns only that stage onward. We use our own fingerprints
-rather than Prefect's cache policies because the cores must resume the same way without Prefect
-(a bare GPU box, the CLI), and because a fingerprint of the stage's *published files* is exactly
-what makes a cached result trustworthy after a ``kill -9``.
+Every step runs through :func:`curation.runner.run_stage`, so resume works the same for all of
+them: each step's ``stats.json`` holds a fingerprint of its input content and config (chained from
+the sources' bytes through every earlier step); ``resume=True`` skips a step whose fingerprint
+matches, so a rerun after a crash picks up at the first unfinished step, and changing a later
+stage's threshold reruns only that stage onward. We use our own fingerprints rather than Prefect's
+cache policies because the cores must resume the same way without Prefect (a bare GPU box, the
+CLI), and because a fingerprint of the stage's *published files* is exactly what makes a cached
+result trustworthy after a ``kill -9``.
+
+The input is either sources to ingest (any format ingest reads) or, with ``records=``, a records
+parquet that is already curated (the output of an earlier stage command): then there is no ingest
+step and the numbering starts at ``01``.
 """
 
 from __future__ import annotations
@@ -23,181 +28,152 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field
 
 from curation.errors import ConfigError
-from curation.ingest import IngestConfig, expand_sources, ingest
-from curation.io import LEDGER_SCHEMA, ParquetWriter, atomic_path, read_json, write_json
-from curation.registry import STAGES
-from curation.stage import Stage, crash_point, published_files_match, run_stage
+from curation.ingest import IngestConfig, IngestStage, expand_sources
+from curation.io import LEDGER_SCHEMA, ParquetWriter, atomic_path, count_rows, parquet_schema, write_json
+from curation.rundir import CurateDir
+from curation.runner import BATCH_SIZE, Executor, clean_partial, concat_parquet, run_stage
+from curation.stage import Stage, build_stage, crash_point, files_digest
+from curation.stats import StageStats
+
+#: columns that make a parquet file a records file (a curation output), not raw data to ingest
+RECORD_COLUMNS = frozenset({"id", "messages", "source", "lang"})
 
 
-def stage_class(name: str) -> type[Stage]:
-    return STAGES.resolve(name)
+class FunnelStage(BaseModel):
+    """One step of the funnel (a row of the summary table)."""
+
+    stage: str
+    rows_in: int
+    rows_added: int = 0
+    rows_out: int
+    dropped_by_reason: dict[str, int] = Field(default_factory=dict)
+    seconds: float | None = None
+    cached: bool = False
 
 
-def build_stage(name: str, config: dict[str, Any] | BaseModel | None = None, where: str = "") -> Stage:
-    """Instantiate a stage from its name and a config dict, with a readable error on bad keys."""
-    cls = stage_class(name)
-    if isinstance(config, BaseModel):
-        return cls(config)
-    try:
-        cfg = cls.Config.model_validate(config or {})
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, prefix=f"{where}{name}")) from None
-    return cls(cfg)
+class CurateSummary(BaseModel):
+    """``summary.json``: the funnel of a curate folder, checked against its ledger."""
+
+    rows_in: int
+    rows_added: int = 0
+    rows_out: int
+    rows_dropped: int
+    balanced: bool = True
+    stages: list[FunnelStage] = Field(default_factory=list)
+    run_dir: str = ""
+    fingerprint: str = ""
 
 
-def format_validation_error(err: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        key = ".".join(p for p in (prefix, loc) if p)
-        got = e.get("input")
-        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{key}: {e['msg']}{got_s}")
-    return "; ".join(lines)
-
-
-def sources_fingerprint(sources: list[str], config: IngestConfig) -> str:
-    """Hash of the sources' bytes (hub ids by name) and the ingest config."""
-    h = hashlib.sha256(config.model_dump_json().encode())
-    for path in sources:
-        h.update(path.encode())
-        if path.startswith("hf://"):
-            continue
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def _clean_partial(dir_: Path) -> None:
-    """Remove temp files a killed run left behind (they never carry a final name)."""
-    if dir_.is_dir():
-        for tmp in dir_.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+def is_records_file(path: str | Path) -> bool:
+    """True for a parquet file with the record schema (a curation output, read as it is)."""
+    p = Path(path)
+    return p.suffix == ".parquet" and p.is_file() and RECORD_COLUMNS <= set(parquet_schema(p).names)
 
 
 def curate(
-    sources: list[str],
-    stages: list[tuple[str, dict[str, Any] | BaseModel]],
+    sources: Sequence[str],
+    stages: Sequence[tuple[str, dict[str, Any] | BaseModel]],
     run_dir: str | Path,
     *,
     ingest_config: IngestConfig | None = None,
+    records: str | Path | None = None,
     resume: bool = False,
-    batch_size: int = 2048,
-    on_stage: Callable[[str, dict[str, Any]], None] | None = None,
+    batch_size: int = BATCH_SIZE,
+    on_stage: Callable[[str, StageStats], None] | None = None,
     progress_factory: Callable[[str, int | None], Callable[[int], None] | None] | None = None,
-    stage_runner: Callable[..., dict[str, Any]] = run_stage,
-) -> dict[str, Any]:
-    """Run ingest and ``stages`` into ``run_dir``; returns the funnel summary (also summary.json).
+    executor: Executor | None = None,
+) -> CurateSummary:
+    """Run ingest (of ``sources``) or start from ``records``, then ``stages``, into ``run_dir``.
 
     ``stages`` is a list of (name, config) pairs. ``on_stage(name, stats)`` is called after each
-    stage (flows publish artifacts from it); ``progress_factory(name, total)`` may return a
-    callback that receives row counts as batches finish. ``stage_runner`` runs one stage with
-    :func:`run_stage`'s signature and result (``flows.scaleout`` passes one that shards it).
+    step (flows publish artifacts from it); ``progress_factory(name, total)`` may return a callback
+    that receives row counts as batches finish; ``executor`` runs each step (default: serially in
+    this process; ``flows.scaleout`` passes one that shards per-row stages over Dask). Returns the
+    funnel (also ``summary.json``, written last).
     """
-    run_dir = Path(run_dir)
-    ingest_config = ingest_config or IngestConfig()
-    built = [(name, build_stage(name, cfg, where="stages.")) for name, cfg in stages]
-    paths = expand_sources(sources)
-    if not paths:
-        raise ConfigError(f"no input files found in {sources}")
-
-    ingest_dir = run_dir / "00_ingest"
-    _clean_partial(run_dir)
-    _clean_partial(ingest_dir)
-    # summary.json marks a finished run: gone while this one is under way
-    (run_dir / "summary.json").unlink(missing_ok=True)
-    fp = sources_fingerprint(paths, ingest_config)
-    stats_path = ingest_dir / "stats.json"
-    prev = read_json(stats_path) if resume and stats_path.exists() else {}
-    if prev.get("fingerprint") == fp and published_files_match(ingest_dir, prev):
-        ing = prev
-        ing["cached"] = True
+    folder = CurateDir(Path(run_dir))
+    built: list[Stage] = [build_stage(name, cfg, where="stages.") for name, cfg in stages]
+    if records is not None:
+        current: Path | None = Path(records)
+        fp = files_digest(str(current))
+        first = 1
     else:
-        # the old marker goes before new files are published (a kill in between must not vouch for them)
-        stats_path.unlink(missing_ok=True)
-        prog = progress_factory("ingest", None) if progress_factory else None
-        ing = ingest(paths, ingest_dir, ingest_config, progress=prog).stats
-        crash_point("ingest", "published")
-        ing["fingerprint"] = fp
-        write_json(stats_path, ing)  # rewritten with the fingerprint: it is the completion marker
-        crash_point("ingest", "done")
-    if on_stage:
-        on_stage("ingest", ing)
-    all_stats = [ing]
-    current = ingest_dir / "output.parquet"
-    for i, (name, stage) in enumerate(built, start=1):
-        out_dir = run_dir / f"{i:02d}_{name}"
-        _clean_partial(out_dir)
-        total = pq.ParquetFile(current).metadata.num_rows
-        prog = progress_factory(name, total) if progress_factory else None
-        st = stage_runner(
-            stage, current, out_dir, batch_size=batch_size, input_fingerprint=fp, resume=resume, progress=prog
-        )
-        fp = st["fingerprint"]
+        if not expand_sources(sources):
+            raise ConfigError(f"no input files found in {list(sources)}")
+        built.insert(0, IngestStage(ingest_config or IngestConfig(), sources))
+        current, fp, first = None, "", 0
+
+    clean_partial(folder.root)
+    # summary.json marks a finished run: gone while this one is under way
+    folder.summary.unlink(missing_ok=True)
+    all_stats: list[StageStats] = []
+    for i, stage in enumerate(built, start=first):
+        out_dir = folder.stage(i, stage.name)
+        total = count_rows(current) if current is not None else None
+        prog = progress_factory(stage.name, total) if progress_factory else None
+        st = run_stage(stage, current, out_dir, batch_size=batch_size, input_fingerprint=fp, resume=resume,
+                       progress=prog, executor=executor)
+        fp = st.fingerprint
         all_stats.append(st)
         if on_stage:
-            on_stage(name, st)
+            on_stage(stage.name, st)
         current = out_dir / "output.parquet"
+    assert current is not None, "a curate run has at least one step"
 
-    # Publish the final output and the merged ledger.
-    with atomic_path(run_dir / "output.parquet") as tmp:
-        shutil.copyfile(current, tmp)
+    _publish_copy(current, folder.output)
     crash_point("final", "output")
-    ledgers = [run_dir / "00_ingest" / "ledger.parquet"] + [
-        run_dir / f"{i:02d}_{name}" / "ledger.parquet" for i, (name, _) in enumerate(built, start=1)
-    ]
-    n_ledger = 0
-    with ParquetWriter(run_dir / "ledger.parquet", LEDGER_SCHEMA) as w:
-        for lp in ledgers:
-            for rb in pq.ParquetFile(lp).iter_batches(batch_size=batch_size):
-                rows = rb.to_pylist()
-                w.write_rows(rows)
-                n_ledger += len(rows)
+    # every step's ledger, in step order, into one
+    n_ledger = concat_parquet(
+        [folder.stage(i, s.name) / "ledger.parquet" for i, s in enumerate(built, start=first)], folder.ledger,
+        LEDGER_SCHEMA, batch_size,
+    )
     crash_point("final", "ledger")
-    summary = funnel(all_stats, n_ledger, pq.ParquetFile(run_dir / "output.parquet").metadata.num_rows)
-    summary["run_dir"] = str(run_dir)
-    summary["fingerprint"] = fp
-    write_json(run_dir / "summary.json", summary)
+    rows_in = all_stats[0].rows_in if records is None else count_rows(records)
+    summary = funnel(all_stats, rows_in, n_ledger, count_rows(folder.output))
+    summary.run_dir = str(folder.root)
+    summary.fingerprint = fp
+    write_json(folder.summary, summary.model_dump(mode="json"))
     return summary
 
 
-def funnel(all_stats: list[dict[str, Any]], n_ledger: int, n_out: int) -> dict[str, Any]:
+def _publish_copy(src: Path, dst: Path) -> None:
+    """``dst`` becomes a copy of ``src``, atomically; a hard link when the file system allows (no second copy
+    on disk: stage files are only ever replaced by rename, never written in place)."""
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+
+def funnel(all_stats: Sequence[StageStats], rows_in: int, n_ledger: int, n_out: int) -> CurateSummary:
     """The rows-in → rows-out funnel, checked against the ledger: nothing may be lost."""
-    rows_in = all_stats[0]["rows_in"]
-    added = sum(s.get("rows_added", 0) for s in all_stats)
+    added = sum(s.rows_added for s in all_stats)
     if rows_in + added != n_out + n_ledger:
         raise RuntimeError(
             f"ledger does not balance: {rows_in} rows in + {added} added != {n_out} out + {n_ledger} in the ledger"
         )
-    return {
-        "rows_in": rows_in,
-        "rows_added": added,
-        "rows_out": n_out,
-        "rows_dropped": n_ledger,
-        "balanced": True,
-        "stages": [
-            {
-                "stage": s["stage"],
-                "rows_in": s["rows_in"],
-                "rows_added": s.get("rows_added", 0),
-                "rows_out": s["rows_out"],
-                "dropped_by_reason": s["dropped_by_reason"],
-                "seconds": s.get("seconds"),
-                "cached": bool(s.get("cached")),
-            }
+    return CurateSummary(
+        rows_in=rows_in,
+        rows_added=added,
+        rows_out=n_out,
+        rows_dropped=n_ledger,
+        balanced=True,
+        stages=[
+            FunnelStage(stage=s.stage, rows_in=s.rows_in, rows_added=s.rows_added, rows_out=s.rows_out,
+                        dropped_by_reason=s.dropped_by_reason, seconds=s.seconds, cached=s.cached)
             for s in all_stats
         ],
-        "stats": {s["stage"]: s for s in all_stats},
-    }
+    )
 
 
 def split_heldout(
@@ -228,8 +204,32 @@ def split_heldout(
     return train_p, held_p, n_held
 
 
+def records_input(
+    sources: Sequence[str], folder: str | Path, ingest_config: IngestConfig | None = None, *, resume: bool = True,
+    progress_factory: Callable[[str, int | None], Callable[[int], None] | None] | None = None,
+) -> Path:
+    """A records parquet for ``sources``: the file itself when it already is one, else their ingest.
+
+    How every command that reads data (train, eval's target data, mix) accepts anything ingest
+    reads. The ingest goes to ``folder`` (a curate folder with no stages: its ``output.parquet``
+    and ``ledger.parquet``), and is reused when the sources have not changed.
+    """
+    if len(sources) == 1 and is_records_file(sources[0]):
+        return Path(sources[0])
+    summary = curate(sources, [], folder, ingest_config=ingest_config, resume=resume,
+                     progress_factory=progress_factory)
+    if summary.rows_out == 0:
+        raise ConfigError(f"{', '.join(map(str, sources))}: no usable rows ({summary.rows_in} read; "
+                          f"reasons in {CurateDir(Path(folder)).ledger})")
+    return CurateDir(Path(folder)).output
+
+
 def relpath(p: str | Path) -> str:
     try:
         return os.path.relpath(p)
     except ValueError:
         return str(p)
+
+
+__all__ = ["CurateSummary", "FunnelStage", "curate", "funnel", "is_records_file", "records_input",
+           "relpath", "split_heldout"]

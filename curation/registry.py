@@ -12,6 +12,8 @@ costs no import (the CLI starts fast) and a stage's heavy dependencies load only
 
 from __future__ import annotations
 
+import json
+import threading
 from importlib import import_module
 from typing import Any
 
@@ -54,6 +56,24 @@ class Registry(dict):
 
     def names(self) -> list[str]:
         return list(self)
+
+    def instance(self, name: str, **config: Any) -> Any:
+        """``resolve(name)(**config)``, built once per process and then shared.
+
+        How a model-backed scorer loads its model once per process, however many shards and
+        batches that process runs (a worker of a process pool or a Dask cluster builds a fresh stage
+        per shard; the scorer it asks for here is the one already loaded). ``config`` must be JSON.
+        """
+        key = (self.kind, name, json.dumps(config, sort_keys=True, default=str))
+        with _INSTANCES_LOCK:
+            if key not in _INSTANCES:
+                _INSTANCES[key] = self.resolve(name)(**config)
+            return _INSTANCES[key]
+
+
+#: objects built by :meth:`Registry.instance`, per process
+_INSTANCES: dict[tuple[str, str, str], Any] = {}
+_INSTANCES_LOCK = threading.Lock()
 
 
 #: curation stages by recipe key (``stages: [- quality: {...}]``)

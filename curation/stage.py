@@ -3,9 +3,13 @@
 A stage takes records + its config and returns, per batch, the records it keeps and the ones it
 drops, each drop with a reason (data, not a log line). Stages that need a global view (dedup's
 clusters, selection's ranking) make a first pass with :meth:`Stage.fit` that keeps only compact
-state (signatures, scores), never the texts. The runner streams batches from parquet, writes
-``output.parquet``, ``ledger.parquet`` and ``stats.json``, and checks the ledger invariant:
-rows in = rows kept + rows dropped.
+state (signatures, scores), never the texts. A :class:`SourceStage` (ingest) has no input records:
+it reads its sources and yields the same kept / dropped batches.
+
+Running a stage — streaming batches, ``output.parquet`` / ``ledger.parquet`` / ``stats.json``,
+the ledger invariant, cache hits, crash points, shards — is :mod:`curation.runner`'s job, for every
+stage alike. Adding a stage is one module with a :class:`Stage` subclass and one line in
+:data:`curation.registry.STAGES`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import glob
 import hashlib
 import json
 import os
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,19 +25,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from curation.io import (
-    LEDGER_SCHEMA,
-    ParquetWriter,
-    count_rows,
-    iter_record_batches,
-    parquet_schema,
-    read_json,
-    record_schema,
-    write_json,
-)
+from curation.errors import ConfigError, format_validation_error
+from curation.io import record_schema
 from curation.records import Record
+from curation.registry import STAGES
+from curation.stats import Figures
 
 
 @dataclass(slots=True)
@@ -53,10 +50,6 @@ class StageOutput:
     dropped: list[Drop] = field(default_factory=list)
 
 
-class LedgerBalanceError(RuntimeError):
-    """A stage lost or invented rows: a bug, never a user error."""
-
-
 class Stage:
     """Base class: subclasses set ``name``, ``Config`` and implement :meth:`process`."""
 
@@ -66,6 +59,9 @@ class Stage:
     attr_fields: ClassVar[dict[str, pa.DataType]] = {}
     #: True when the stage needs a first pass over all input (``fit``) before ``process``
     needs_fit: ClassVar[bool] = False
+    #: the stage's own figures (what :meth:`stats` returns), with a merge rule per field; None while
+    #: ``stats`` still returns a plain dict
+    Figures: ClassVar[type[Figures] | None] = None
     #: config fields naming files the stage reads (the mixer's general pool, a quality model): their
     #: content is part of the fingerprint, so editing them reruns the stage. Never list a file the
     #: stage itself writes (dedup's persistent index), or no run would ever be cached.
@@ -95,9 +91,26 @@ class Stage:
         """
         return iter(())
 
-    def stats(self) -> dict[str, Any]:
-        """Stage-specific figures, merged into ``stats.json`` (the report reads them)."""
+    def stats(self) -> Figures | dict[str, Any]:
+        """Stage-specific figures: ``stats.json``'s ``extra`` (the report reads them).
+
+        An instance of the stage's :attr:`Figures` (typed, merged across shards by its rules), or a
+        plain dict from a stage that has not declared one.
+        """
         return dict(self.counters)
+
+    @property
+    def per_row(self) -> bool:
+        """True when each row's fate depends on that row alone (no fit pass, no rows added).
+
+        Such a stage can run on contiguous shards whose outputs, concatenated in order, are the
+        rows an unsharded run writes; the others (dedup, select, mix) run whole.
+        """
+        return not self.needs_fit and type(self).added is Stage.added
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        """The input's columns plus the attribute columns this stage adds."""
+        return record_schema(self.attr_fields, base=input_schema)
 
     def fingerprint(self) -> str:
         """Hash of the stage's name, version, config and the content of the files its config names."""
@@ -110,6 +123,46 @@ class Stage:
             "files": files,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class SourceStage(Stage):
+    """A stage that reads its own sources instead of input records (ingest).
+
+    :meth:`read` yields ``(rows read, output)`` per batch, every row read ending up kept or dropped;
+    the runner writes and checks them exactly as it does a record stage's batches.
+    """
+
+    needs_fit: ClassVar[bool] = False
+
+    def read(self) -> Iterator[tuple[int, StageOutput]]:
+        raise NotImplementedError
+
+    def process(self, batch: list[Record]) -> StageOutput:  # pragma: no cover - sources have no input
+        raise TypeError(f"{self.name} is a source stage: it reads its sources, not records")
+
+    @property
+    def per_row(self) -> bool:
+        return False  # reading is sequential (ids are assigned in source order)
+
+    def output_schema(self, input_schema: pa.Schema | None = None) -> pa.Schema:
+        return record_schema(self.attr_fields)
+
+
+def stage_class(name: str) -> type[Stage]:
+    """The stage registered as ``name`` in :data:`curation.registry.STAGES`."""
+    return STAGES.resolve(name)
+
+
+def build_stage(name: str, config: dict[str, Any] | BaseModel | None = None, where: str = "") -> Stage:
+    """Instantiate a stage from its name and a config dict, with a readable error on bad keys."""
+    cls = stage_class(name)
+    if isinstance(config, BaseModel):
+        return cls(config)
+    try:
+        cfg = cls.Config.model_validate(config or {})
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, prefix=f"{where}{name}")) from None
+    return cls(cfg)
 
 
 def files_digest(spec: str | list[str]) -> str:
@@ -145,8 +198,9 @@ def crash_point(stage: str, point: str | int) -> None:
 
     Points: ``<stage>:fit`` (fit done), ``<stage>:<n>`` (n-th batch written to the temp files),
     ``<stage>:published`` (output + ledger renamed into place, stats.json not yet written),
-    ``<stage>:done``; the pipeline adds ``ingest:published``, ``ingest:done``, ``final:output`` and
-    ``final:ledger``. The resume tests use it to crash at exact places instead of racing a timer;
+    ``<stage>:done`` (ingest has them too: ``ingest:published``...); the pipeline adds
+    ``final:output`` and ``final:ledger``; training adds ``train:weights`` (final weights written,
+    not yet published). The resume tests use it to crash at exact places instead of racing a timer;
     unset, it costs one environment lookup.
     """
     want = os.environ.get(CRASH_ENV)
@@ -170,139 +224,3 @@ def drop_row(d: Drop, stage: str) -> dict[str, Any]:
             default=str,
         ),
     }
-
-
-def apply_stage(
-    stage: Stage, records: list[Record], batch_size: int = 2048
-) -> tuple[list[Record], list[Drop], dict]:
-    """Run a stage on in-memory records (API and tests); same logic as :func:`run_stage`."""
-    batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
-    if stage.needs_fit:
-        stage.fit(iter(batches))
-    kept: list[Record] = []
-    dropped: list[Drop] = []
-    for b in batches:
-        out = stage.process(b)
-        _check_balance(stage, len(b), out)
-        kept.extend(out.kept)
-        dropped.extend(out.dropped)
-    n_added = 0
-    for b in stage.added():
-        kept.extend(b)
-        n_added += len(b)
-    stats = _stats(stage, len(records), len(kept), Counter(d.reason for d in dropped), 0.0, n_added)
-    return kept, dropped, stats
-
-
-def _check_balance(stage: Stage, n_in: int, out: StageOutput) -> None:
-    if n_in != len(out.kept) + len(out.dropped):
-        raise LedgerBalanceError(
-            f"stage {stage.name!r}: {n_in} rows in but {len(out.kept)} kept + {len(out.dropped)} dropped"
-        )
-
-
-def _stats(
-    stage: Stage, n_in: int, n_out: int, reasons: Counter, seconds: float, n_added: int = 0
-) -> dict[str, Any]:
-    n_dropped = sum(reasons.values())
-    if n_in + n_added != n_out + n_dropped:
-        raise LedgerBalanceError(
-            f"stage {stage.name!r}: {n_in} in + {n_added} added != {n_out} kept + {n_dropped} dropped"
-        )
-    return {
-        "stage": stage.name,
-        "rows_in": n_in,
-        "rows_added": n_added,
-        "rows_out": n_out,
-        "rows_dropped": n_dropped,
-        "dropped_by_reason": dict(sorted(reasons.items())),
-        "seconds": round(seconds, 3),
-        "rows_per_s": round(n_in / seconds, 1) if seconds > 0 else None,
-        "extra": stage.stats(),
-    }
-
-
-def run_stage(
-    stage: Stage,
-    input_path: str | Path,
-    out_dir: str | Path,
-    *,
-    batch_size: int = 2048,
-    input_fingerprint: str = "",
-    resume: bool = False,
-    progress: Any = None,
-) -> dict[str, Any]:
-    """Stream ``input_path`` through ``stage`` into ``out_dir`` (output, ledger, stats).
-
-    With ``resume`` a stage whose ``stats.json`` carries the same fingerprint (input content +
-    stage config) is not run again: its files are complete, since every file is published
-    atomically and ``stats.json`` is written last.
-    """
-    out_dir = Path(out_dir)
-    fp = hashlib.sha256(f"{input_fingerprint}|{stage.fingerprint()}".encode()).hexdigest()[:16]
-    stats_path = out_dir / "stats.json"
-    if resume and stats_path.exists():
-        prev = read_json(stats_path)
-        if prev.get("fingerprint") == fp and published_files_match(out_dir, prev):
-            prev["cached"] = True
-            return prev
-
-    # The old completion marker goes first: a run killed after publishing some new files must not
-    # leave them beside a stats.json that vouches for the old ones.
-    stats_path.unlink(missing_ok=True)
-    started = time.perf_counter()
-    schema = record_schema(stage.attr_fields, base=parquet_schema(input_path))
-    stage.run_key = f"{fp}:{out_dir.resolve()}"
-    if stage.needs_fit:
-        stage.fit(iter_record_batches(input_path, batch_size))
-        crash_point(stage.name, "fit")
-    n_in = n_out = n_batches = 0
-    reasons: Counter[str] = Counter()
-    with (
-        ParquetWriter(out_dir / "output.parquet", schema) as out_w,
-        ParquetWriter(out_dir / "ledger.parquet", LEDGER_SCHEMA) as led_w,
-    ):
-        for batch in _progress(iter_record_batches(input_path, batch_size), progress):
-            out = stage.process(batch)
-            _check_balance(stage, len(batch), out)
-            out_w.write_rows([r.to_row() for r in out.kept])
-            led_w.write_rows([drop_row(d, stage.name) for d in out.dropped])
-            reasons.update(d.reason for d in out.dropped)
-            n_in += len(batch)
-            n_out += len(out.kept)
-            n_batches += 1
-            crash_point(stage.name, n_batches)
-        n_added = 0
-        for extra in stage.added():
-            out_w.write_rows([r.to_row() for r in extra])
-            n_added += len(extra)
-            n_out += len(extra)
-    crash_point(stage.name, "published")
-    stats = _stats(stage, n_in, n_out, reasons, time.perf_counter() - started, n_added)
-    stats["fingerprint"] = fp
-    write_json(stats_path, stats)
-    crash_point(stage.name, "done")
-    return stats
-
-
-def published_files_match(out_dir: str | Path, stats: dict[str, Any]) -> bool:
-    """True when ``output.parquet`` and ``ledger.parquet`` are there with the row counts ``stats`` names.
-
-    A cache hit checks this (two footer reads) so a folder whose files were deleted or replaced
-    after its stats.json was written is rebuilt rather than trusted.
-    """
-    out_dir = Path(out_dir)
-    try:
-        return (
-            count_rows(out_dir / "output.parquet") == stats["rows_out"]
-            and count_rows(out_dir / "ledger.parquet") == stats["rows_dropped"]
-        )
-    except (OSError, KeyError, pa.ArrowException):
-        return False
-
-
-def _progress(batches: Iterator[list[Record]], progress: Any) -> Iterator[list[Record]]:
-    for b in batches:
-        yield b
-        if progress is not None:
-            progress(len(b))

@@ -72,19 +72,6 @@ def progress_bars():
         yield factory
 
 
-def _records_input(files: list[str], out: Path) -> tuple[Path, dict | None]:
-    """A records parquet to run a stage on: the file itself, or the ingest of ``files``."""
-    from curation.ingest import ingest
-    from curation.io import parquet_schema
-
-    if len(files) == 1 and files[0].endswith(".parquet") and Path(files[0]).exists():
-        names = set(parquet_schema(files[0]).names)
-        if {"id", "messages", "source", "lang"} <= names:
-            return Path(files[0]), None
-    res = ingest(files, out / "00_ingest")
-    return res.output, res.stats
-
-
 def _steps(advance: Callable[[int], None]) -> Callable[[int], None]:
     """Training reports the step number; the bar advances one per step."""
     return lambda step: advance(1)
@@ -104,30 +91,18 @@ def _stages(factory) -> Callable[[str, int, int], None]:
     return report
 
 
-def _run_single_stage(name: str, files: list[str], out: Path, config: dict[str, Any], sets: list[str]) -> dict:
-    from curation.pipeline import build_stage
-    from curation.stage import run_stage
+def _run_single_stage(name: str, files: list[str], out: Path, config: dict[str, Any], sets: list[str]) -> None:
+    """One stage as a one-stage curation: ``out`` gets the steps' folders, output, the whole ledger, summary."""
+    from curation.pipeline import curate, is_records_file
     from flows.recipe import apply_overrides, parse_overrides
+    from flows.summary import print_curation
 
     config = apply_overrides(config, parse_overrides(sets))
-    stage = build_stage(name, config)
-    src, ing = _records_input(files, out)
+    records = files[0] if len(files) == 1 and is_records_file(files[0]) else None
     with progress_bars() as pf:
-        from curation.io import count_rows
-
-        stats = run_stage(stage, src, out, progress=pf(name, count_rows(src)))
-    _print_stage(stats, ing)
-    return stats
-
-
-def _print_stage(stats: dict, ingest_stats: dict | None = None) -> None:
-    if ingest_stats:
-        out_console.print(f"ingest: {ingest_stats['rows_in']} rows in → {ingest_stats['rows_out']} records; "
-                          f"dropped {ingest_stats['dropped_by_reason'] or 'none'}")
-    out_console.print(
-        f"{stats['stage']}: {stats['rows_in']} in (+{stats.get('rows_added', 0)} added) → {stats['rows_out']} out; "
-        f"dropped {stats['dropped_by_reason'] or 'none'}"
-    )
+        summary = curate(files, [(name, config)], out, records=records, progress_factory=pf)
+    print_curation(summary, out_console)
+    out_console.print(f"output: {out / 'output.parquet'}; ledger: {out / 'ledger.parquet'}")
 
 
 def _kv(items: list[str]) -> dict[str, str]:
@@ -152,9 +127,9 @@ def ingest(
     field_map: list[str] = typer.Option([], "--field-map", help="canonical=source, e.g. instruction=question"),
 ) -> None:
     """Read instruction data of any supported format into the record schema (+ ledger)."""
+    from curation.errors import format_validation_error
     from curation.ingest import IngestConfig
     from curation.ingest import ingest as run_ingest
-    from curation.pipeline import format_validation_error
 
     try:
         cfg = IngestConfig(field_map=_kv(field_map))
@@ -163,14 +138,14 @@ def ingest(
     with progress_bars() as pf:
         res = run_ingest(files, out, cfg, progress=pf("ingest", None))
     st = res.stats
-    out_console.print(f"ingest: {st['rows_in']} rows in → {st['rows_out']} records in {res.output}")
-    out_console.print(f"dropped: {st['dropped_by_reason'] or 'none'} (ledger: {res.ledger})")
+    out_console.print(f"ingest: {st.rows_in} rows in → {st.rows_out} records in {res.output}")
+    out_console.print(f"dropped: {st.dropped_by_reason or 'none'} (ledger: {res.ledger})")
     for line in res.problems():
         console.print(f"[yellow]warning:[/] {line}", soft_wrap=True, highlight=False)
-    if st["rows_in"] > 0 and st["rows_out"] == 0:
+    if st.rows_in > 0 and st.rows_out == 0:
         console.print("[bold red]error:[/] no row could be read; see the ledger for the reason of each")
         raise typer.Exit(1)
-    if st["rows_in"] == 0:
+    if st.rows_in == 0:
         console.print("[bold red]error:[/] the sources contain no rows")
         raise typer.Exit(1)
 
@@ -288,7 +263,7 @@ def train(
     sets: list[str] = typer.Option([], "--set"),
 ) -> None:
     """Supervised fine-tuning (no Prefect needed)."""
-    from curation.pipeline import format_validation_error
+    from curation.errors import format_validation_error
     from flows.recipe import parse_overrides
     from training.config import TrainConfig
     from training.sft import train as run_train
@@ -331,7 +306,7 @@ def eval_cmd(
     sets: list[str] = typer.Option([], "--set"),
 ) -> None:
     """Before/after general-capability eval with paired statistics; writes verdict.json."""
-    from curation.pipeline import format_validation_error
+    from curation.errors import format_validation_error
     from evals.run import EvalConfig, evaluate
     from flows.recipe import parse_overrides
     from flows.summary import print_verdict
@@ -428,8 +403,9 @@ def _run_pipeline(recipe: Path, out: str | None, resume: bool, sets: list[str], 
 
 def _finish(rd: Path, res: dict, failed: Exception | None, print_curation, print_verdict) -> None:
     from curation.io import read_json
+    from curation.pipeline import CurateSummary
 
-    summary = res.get("curate") or (read_json(rd / "curate" / "summary.json")
+    summary = res.get("curate") or (CurateSummary.model_validate(read_json(rd / "curate" / "summary.json"))
                                     if (rd / "curate" / "summary.json").exists() else None)
     if summary:
         print_curation(summary, out_console)

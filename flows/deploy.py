@@ -88,8 +88,8 @@ def train_overrides(method: str | None = None, rank: int | None = None, precisio
 
 def recipe_of_run(run_dir: str | Path, overrides: list[str] | None = None) -> Recipe:
     """The recipe a run folder was made with (its run.json), with ``overrides`` applied."""
+    from curation.errors import ConfigError, format_validation_error
     from curation.io import read_json
-    from curation.pipeline import ConfigError, format_validation_error
     from flows.recipe import apply_overrides, parse_overrides
 
     info_path = Path(run_dir) / "run.json"
@@ -125,7 +125,7 @@ def sft_eval_flow(run_dir: str, recipe: str | None = None, method: str | None = 
     The recipe defaults to the one the run folder was curated with (run.json); ``method``,
     ``rank`` (LoRA rank), ``precision`` and ``max_steps`` override its train section.
     """
-    from curation.pipeline import ConfigError
+    from curation.errors import ConfigError
     from flows.flows import evaluate_flow, sft_flow
     from flows.recipe import load_recipe
 

@@ -23,8 +23,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from curation.io import atomic_path, write_json  # noqa: E402
-from curation.pipeline import build_stage  # noqa: E402
-from curation.stage import run_stage  # noqa: E402
+from curation.runner import run_stage  # noqa: E402
+from curation.stage import build_stage  # noqa: E402
 from flows import runner  # noqa: E402
 from flows.flows import artifact_key  # noqa: E402
 from flows.recipe import Recipe, load_recipe  # noqa: E402
@@ -55,7 +55,7 @@ def comparison_rows(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
         target = v.get("target") or {}
         row: dict[str, Any] = {
             "ratio": a["ratio"],
-            "general_rows": a["mix"].get("rows_added", 0),
+            "general_rows": a["mix"].rows_added,
             "train_loss": f"{tr.get('first_loss', float('nan')):.3f} → {tr.get('final_loss', float('nan')):.3f}",
             "target_gain": target.get("delta"),
             "verdict": v.get("verdict"),
@@ -77,7 +77,7 @@ def comparison_markdown(arms: list[dict[str, Any]], command: str) -> str:
     for a in arms:
         v = a["verdict"]
         target = v.get("target") or {}
-        cells = [f"{a['ratio']:g}", str(a["mix"].get("rows_added", 0)),
+        cells = [f"{a['ratio']:g}", str(a["mix"].rows_added),
                  f"{a['train'].get('first_loss', 0):.3f} → {a['train'].get('final_loss', 0):.3f}",
                  _num(target.get("delta"))]
         for t in tasks:
@@ -151,7 +151,7 @@ def replay_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: lis
     rd = runner.new_run_dir(r, run_dir)
     log = get_run_logger()
     curated = runner.step_curate(r, rd, resume=True)
-    log.info("curated: %s rows in → %s out", curated["rows_in"], curated["rows_out"])
+    log.info("curated: %s rows in → %s out", curated.rows_in, curated.rows_out)
     split = runner.step_split(r, rd)
     arms = []
     for ratio in r.experiment.ratios:

@@ -43,8 +43,8 @@ def _recipe(recipe: str | Recipe, overrides: list[str] | None) -> Recipe:
 def curate_task(recipe: Recipe, run_dir: Path, resume: bool) -> dict:
     log = get_run_logger()
 
-    def on_stage(name: str, st: dict) -> None:
-        log.info("%s: %s in → %s out; dropped %s", name, st["rows_in"], st["rows_out"], st["dropped_by_reason"])
+    def on_stage(name: str, st) -> None:
+        log.info("%s: %s in → %s out; dropped %s", name, st.rows_in, st.rows_out, st.dropped_by_reason)
 
     return runner.step_curate(recipe, run_dir, resume=resume, on_stage=on_stage)
 

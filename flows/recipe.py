@@ -27,8 +27,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from curation.errors import ConfigError, format_validation_error
 from curation.ingest import IngestConfig
-from curation.pipeline import STAGES, ConfigError, format_validation_error, stage_class
+from curation.registry import STAGES
+from curation.stage import stage_class
 
 
 class HeldoutConfig(BaseModel):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.io import read_json, write_json
-from curation.pipeline import curate, split_heldout
+from curation.pipeline import CurateSummary, curate, split_heldout
 from flows.recipe import Recipe
 
 
@@ -33,7 +33,8 @@ def new_run_dir(recipe: Recipe, out: str | None = None) -> Path:
     return Path(recipe.runs_dir if os.path.isabs(recipe.runs_dir) else Path.cwd() / recipe.runs_dir) / f"{recipe.name}-{stamp}"
 
 
-def step_curate(recipe: Recipe, run_dir: Path, resume: bool = False, progress_factory=None, on_stage=None) -> dict:
+def step_curate(recipe: Recipe, run_dir: Path, resume: bool = False, progress_factory=None,
+                on_stage=None) -> CurateSummary:
     return curate(
         recipe.source_paths(),
         recipe.stage_list(),

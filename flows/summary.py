@@ -8,29 +8,29 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-
-def funnel_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for st in summary["stages"]:
-        rows.append(
-            {
-                "stage": st["stage"],
-                "rows_in": st["rows_in"],
-                "added": st.get("rows_added", 0),
-                "rows_out": st["rows_out"],
-                "dropped": ", ".join(f"{k}={v}" for k, v in st["dropped_by_reason"].items()) or "-",
-                "cached": st.get("cached", False),
-            }
-        )
-    return rows
+from curation.pipeline import CurateSummary
 
 
-def curate_markdown(summary: dict[str, Any], run_dir: str | Path) -> str:
+def funnel_rows(summary: CurateSummary) -> list[dict[str, Any]]:
+    return [
+        {
+            "stage": st.stage,
+            "rows_in": st.rows_in,
+            "added": st.rows_added,
+            "rows_out": st.rows_out,
+            "dropped": ", ".join(f"{k}={v}" for k, v in st.dropped_by_reason.items()) or "-",
+            "cached": st.cached,
+        }
+        for st in summary.stages
+    ]
+
+
+def curate_markdown(summary: CurateSummary, run_dir: str | Path) -> str:
     lines = [
-        f"# Curation: {summary['rows_in']} rows in → {summary['rows_out']} out",
+        f"# Curation: {summary.rows_in} rows in → {summary.rows_out} out",
         "",
-        f"Run folder: `{run_dir}`; ledger balanced: **{summary['balanced']}** "
-        f"({summary['rows_dropped']} dropped rows, each with stage and reason in `ledger.parquet`).",
+        f"Run folder: `{run_dir}`; ledger balanced: **{summary.balanced}** "
+        f"({summary.rows_dropped} dropped rows, each with stage and reason in `ledger.parquet`).",
         "",
         "| stage | in | added | out | dropped (reason=count) |",
         "|---|---:|---:|---:|---|",
@@ -71,9 +71,9 @@ def eval_markdown(verdict: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def print_curation(summary: dict[str, Any], console: Console | None = None) -> None:
+def print_curation(summary: CurateSummary, console: Console | None = None) -> None:
     console = console or Console()
-    t = Table(title=f"Curation funnel ({summary['rows_in']} in → {summary['rows_out']} out, ledger balanced)")
+    t = Table(title=f"Curation funnel ({summary.rows_in} in → {summary.rows_out} out, ledger balanced)")
     for col in ("stage", "in", "added", "out", "dropped by reason"):
         t.add_column(col, justify="right" if col in ("in", "added", "out") else "left")
     for r in funnel_rows(summary):

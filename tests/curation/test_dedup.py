@@ -31,7 +31,7 @@ from curation.minhash import (
     uses_char_shingles,
 )
 from curation.records import Record, normalize_text
-from curation.stage import apply_stage, run_stage
+from curation.runner import apply_stage, run_stage
 
 WORDS = (
     "river stone cloud garden signal paper window market engine silver forest planet coffee ladder "
@@ -179,7 +179,7 @@ def test_exact_and_near_duplicates_are_dropped_with_reasons(corpus):
         assert 0.7 < j < 1.0
     kept_ids = {r.id for r in kept}
     assert all(d.duplicate_of in kept_ids for d in dropped)
-    assert stats["dropped_by_reason"] == {"exact_duplicate": 10, "near_duplicate": 10}
+    assert stats.dropped_by_reason == {"exact_duplicate": 10, "near_duplicate": 10}
     assert all(r.attrs["dedup_cluster_size"] >= 1 for r in kept)
 
 
@@ -256,13 +256,13 @@ def test_chinese_near_duplicates():
     rows = [Record(id=k, text=t, lang="zh") for k, t in zip("abcd", (a, b, c, d), strict=True)]
     kept, dropped, stats = run(rows, cjk_ngram=2)
     assert [(x.record.id, x.reason, x.duplicate_of) for x in dropped] == [("b", "near_duplicate", "a")]
-    assert stats["extra"]["char_shingled_records"] == 4
+    assert stats.extra["char_shingled_records"] == 4
 
 
 def test_verify_jaccard_and_stats(corpus):
     kept, dropped, stats = run(corpus, verify_jaccard=True)
     assert len(kept) == 40
-    extra = stats["extra"]
+    extra = stats.extra
     lsh = extra["lsh"]
     assert lsh["bands"] * lsh["rows"] <= 128
     curve = dict((s, p) for s, p in lsh["s_curve"])
@@ -281,11 +281,11 @@ def test_run_stage_writes_ledger(tmp_path, corpus):
     stats = run_stage(DedupStage(DedupConfig()), src, tmp_path / "out", batch_size=9)
     ledger = pq.read_table(tmp_path / "out" / "ledger.parquet").to_pylist()
     out = pq.read_table(tmp_path / "out" / "output.parquet")
-    assert stats["rows_in"] == 60 and out.num_rows == 40 and len(ledger) == 20
+    assert stats.rows_in == 60 and out.num_rows == 40 and len(ledger) == 20
     assert {r["reason"] for r in ledger} == {"exact_duplicate", "near_duplicate"}
     assert set(r["duplicate_of"] for r in ledger) <= set(out.column("id").to_pylist())
     assert "dedup_cluster_size" in out.column_names
-    json.dumps(stats)  # stats.json-serialisable
+    json.dumps(stats.to_json())  # stats.json-serialisable
 
 
 # --------------------------------------------------------------------------------------------------
@@ -419,7 +419,7 @@ def test_chinese_real_rows_with_one_character_edits(shared_data):
     # oasst1 has several answers to one prompt: rows sharing a long prompt may merge, nothing else
     merged_base = [d for d in dropped if d.record.id.startswith("z") and not d.duplicate_of.startswith("e")]
     assert len(merged_base) < 10
-    assert stats["extra"]["char_shingled_records"] > 250
+    assert stats.extra["char_shingled_records"] > 250
 
 
 def _attempt(records: list[Record], index: str, run_key: str | None):

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from curation import pipeline
+from curation.stage import stage_class
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_RECIPE = REPO / "configs" / "demo.yaml"
@@ -48,7 +49,7 @@ def _demo(embeddings: str | None = "hashing") -> tuple[list[str], list[tuple[str
     missing = []
     for name, _ in stages:
         try:
-            pipeline.stage_class(name)
+            stage_class(name)
         except ImportError:
             missing.append(name)
     if missing:
@@ -141,10 +142,10 @@ def test_the_seed_is_what_changes_the_output(tmp_path):
     a = pipeline.curate(sources, stages, tmp_path / "a")
     reseeded = [(n, {**c, "seed": 1} if n == "mix" else c) for n, c in stages]
     b = pipeline.curate(sources, reseeded, tmp_path / "b")
-    assert a["rows_out"] == b["rows_out"]
+    assert a.rows_out == b.rows_out
     assert (tmp_path / "a" / "output.parquet").read_bytes() != (tmp_path / "b" / "output.parquet").read_bytes()
     same_again = pipeline.curate(sources, reseeded, tmp_path / "c")
-    assert same_again["rows_out"] == b["rows_out"]
+    assert same_again.rows_out == b.rows_out
     assert (tmp_path / "c" / "output.parquet").read_bytes() == (tmp_path / "b" / "output.parquet").read_bytes()
 
 
@@ -175,7 +176,7 @@ def test_input_order_does_not_change_what_is_kept(tmp_path):
     shuffled = _shuffled_sources(sources, tmp_path / "shuffled", seed=3)
     a = pipeline.curate(sources, stages, tmp_path / "a")
     b = pipeline.curate(shuffled, stages, tmp_path / "b")
-    assert a["rows_out"] == b["rows_out"]
+    assert a.rows_out == b.rows_out
     _assert_same_decisions(tmp_path / "a", tmp_path / "b", stages)
     if "dedup" in dict(stages):
         dups = [k for k in _ledger_content(tmp_path / "a", {"dedup"}) if k[3] is not None]
@@ -199,7 +200,7 @@ def test_shard_count_does_not_change_what_is_kept(tmp_path):
             split.append(str(shard))
     one = pipeline.curate(sources, stages, tmp_path / "one")
     three = pipeline.curate(split, stages, tmp_path / "three")
-    assert one["rows_in"] == three["rows_in"] and one["rows_out"] == three["rows_out"]
+    assert one.rows_in == three.rows_in and one.rows_out == three.rows_out
     _assert_same_decisions(tmp_path / "one", tmp_path / "three", stages)
 
 

@@ -60,14 +60,14 @@ def run(
     records = read_records(res.output)
     ledger = pq.read_table(res.ledger).to_pylist()
     st = res.stats
-    assert st["rows_in"] == len(records) + len(ledger) == st["rows_out"] + st["rows_dropped"]
-    assert st["rows_out"] == len(records)
+    assert st.rows_in == len(records) + len(ledger) == st.rows_out + st.rows_dropped
+    assert st.rows_out == len(records)
     assert len({r.id for r in records}) == len(records), "output ids must be unique"
-    assert sum(st["dropped_by_reason"].values()) == len(ledger)
+    assert sum(st.dropped_by_reason.values()) == len(ledger)
     for d in ledger:
         assert d["stage"] == "ingest" and d["reason"] and d["line"] >= 1
         assert f"line {d['line']}:" in d["detail"], d["detail"]
-    assert json.loads((out / "stats.json").read_text())["rows_in"] == st["rows_in"]
+    assert json.loads((out / "stats.json").read_text())["rows_in"] == st.rows_in
     return res, records, ledger
 
 
@@ -198,7 +198,7 @@ def test_each_format_becomes_the_same_message_shape(tmp_path: Path, fmt: str, ro
     (rec,) = records
     assert [(m["role"], m["content"]) for m in rec.messages] == turns
     assert rec.text is None and rec.line == 1 and rec.source.endswith("data.jsonl")
-    assert res.stats["extra"]["formats"] == {fmt: 1}
+    assert res.stats.extra["formats"] == {fmt: 1}
 
 
 def test_plain_text_rows_and_metadata(tmp_path: Path) -> None:
@@ -317,7 +317,28 @@ def test_same_ids_in_two_sources_are_qualified_not_dropped(tmp_path: Path) -> No
     assert not ledger
     assert [r.id for r in records] == ["1", "2", f"{b}#1"]
     assert records[2].meta["given_id"] == "1"
-    assert res.stats["extra"]["ids_qualified"] == 1
+    assert res.stats.extra["ids_qualified"] == 1
+
+
+def test_ledger_rows_keep_their_own_id(tmp_path: Path) -> None:
+    """A dropped row is found again by the id it gave itself; where it was stays in source/line."""
+    src = write(tmp_path / "own.jsonl", jsonl([
+        {"id": "q-1", "instruction": "Say hi", "output": ""},         # empty_content
+        {"id": 7, "instruction": "Say hi", "output": "Hi"},
+        {"id": 7, "instruction": "Say hello", "output": "Hello"},     # duplicate_id
+        {"uid": "x", "instruction": "Say hi", "output": "   "},       # no id of its own
+        {"id": {"nested": 1}, "instruction": "q"},                   # an id that is no id
+    ]) + "{oops\n")
+    _, records, ledger = run(tmp_path, [src])
+    assert [r.id for r in records] == ["7"]
+    by_line = {d["line"]: d for d in ledger}
+    assert (by_line[1]["id"], by_line[1]["reason"]) == ("q-1", "empty_content")
+    assert (by_line[3]["id"], by_line[3]["reason"], by_line[3]["duplicate_of"]) == ("7", "duplicate_id", "7")
+    assert by_line[4]["id"] == f"{src}:4" and by_line[5]["id"] == f"{src}:5" and by_line[6]["id"] == f"{src}:6"
+    assert all(d["source"] == str(src) for d in ledger)
+    # a field map that names the id field is followed for dropped rows too
+    _, _, ledger = run(tmp_path, [src], IngestConfig(field_map={"id": "uid"}))
+    assert {d["line"]: d["id"] for d in ledger}[4] == "x"
 
 
 def test_identical_content_gets_distinct_ids(tmp_path: Path) -> None:
@@ -396,7 +417,7 @@ def test_each_bad_row_has_a_precise_reason_and_line(tmp_path: Path) -> None:
     assert "byte 0xe9 at column 14" in by_line[20]["detail"]
     # the dropped row's text is kept in the ledger for inspection
     assert '"output": ' in json.loads(by_line[2]["record"])["text"]
-    assert res.stats["sources_all_bad"] == []
+    assert res.figures.sources_all_bad == []
 
 
 def test_line_numbers_survive_crlf_cr_bom_and_blank_lines(tmp_path: Path) -> None:
@@ -508,12 +529,12 @@ def test_a_file_where_every_row_is_bad_is_reported(tmp_path: Path) -> None:
     good = write(tmp_path / "good.jsonl", jsonl(ALPACA_ROWS))
     bad = write(tmp_path / "bad.jsonl", jsonl([{"question": "q", "reply": "r"}] * 4))
     res, _, _ = run(tmp_path, [good, bad])
-    assert res.stats["sources_all_bad"] == [str(bad)]
+    assert res.figures.sources_all_bad == [str(bad)]
     (problem,) = res.problems()
     assert "all 4 rows dropped (unknown_format: 4)" in problem and "fields: question, reply" in problem
 
     res, records, _ = run(tmp_path, [bad])
-    assert res.stats["rows_out"] == 0 and not records
+    assert res.stats.rows_out == 0 and not records
     assert any(p.startswith("no records: 4 rows read") for p in res.problems())
 
 
@@ -533,8 +554,8 @@ def test_empty_files_and_directories_are_reported_not_fatal(tmp_path: Path) -> N
     pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "e.parquet")
     sources.append(tmp_path / "e.parquet")
     res, records, ledger = run(tmp_path, sources)
-    assert res.stats["rows_in"] == 0 and not records and not ledger
-    assert len(res.stats["empty_sources"]) == len(sources)
+    assert res.stats.rows_in == 0 and not records and not ledger
+    assert len(res.figures.empty_sources) == len(sources)
     assert len(res.problems()) == len(sources) + 1
 
 
@@ -649,7 +670,7 @@ def test_nasty_corpus_gives_the_expected_records_and_reasons(tmp_path: Path) -> 
         n_out, reasons = NASTY_EXPECTED[f.name]
         assert len(records) == n_out, (f.name, ledger)
         assert reasons_by_line(ledger) == reasons, f.name
-        assert (res.stats["rows_in"] == 0) == (str(f) in res.stats["empty_sources"]), f.name
+        assert (res.stats.rows_in == 0) == (str(f) in res.figures.empty_sources), f.name
     _, _, ledger = run(tmp_path, [NASTY / "array_garbage.json"])
     assert [d["reason"] for d in ledger] == ["bad_json", "bad_json", "not_an_object", "bad_json", "bad_json"]
     assert [d["id"].rsplit(":", 1)[1] for d in ledger] == ["1", "1#1", "1#2", "1#3", "1#4"], (
@@ -659,18 +680,18 @@ def test_nasty_corpus_gives_the_expected_records_and_reasons(tmp_path: Path) -> 
 
 def test_real_dolly_prompts_lose_their_template(tmp_path: Path, shared_data: Path) -> None:
     res, records, ledger = run(tmp_path, [shared_data / "dolly_hhrlhf_sample"])
-    assert res.stats["rows_in"] == 1000 and not ledger
+    assert res.stats.rows_in == 1000 and not ledger
     assert not any("Below is an instruction" in r.prompt() or "### " in r.instruction() for r in records)
     assert {r.lang for r in records} == {"en"}
 
 
 def test_real_chinese_sets(tmp_path: Path, shared_data: Path) -> None:
     res, records, ledger = run(tmp_path, [shared_data / "oasst1_zh_sft", shared_data / "belle_zh"])
-    assert res.stats["extra"]["formats"].keys() == {"alpaca", "qa", "self_instruct"}
+    assert res.stats.extra["formats"].keys() == {"alpaca", "qa", "self_instruct"}
     assert sum(r.lang == "zh" for r in records) / len(records) > 0.9
     # BELLE's eval set leaves some reference answers empty: those rows are dropped, not invented
     assert {d["reason"] for d in ledger} <= {"empty_content"}
-    assert res.stats["sources_all_bad"] == []
+    assert res.figures.sources_all_bad == []
 
 
 def test_row_to_record_only_raises_row_errors() -> None:
@@ -724,7 +745,7 @@ def test_file_names_that_are_not_utf8(tmp_path: Path) -> None:
     write(tmp_path / name, jsonl([ALPACA_ROWS[0], "bad"]))
     res, records, ledger = run(tmp_path, [tmp_path])
     assert records[0].source.endswith("caf\ufffd.jsonl") and ledger[0]["source"] == records[0].source
-    assert res.stats["sources"][0].endswith("caf\ufffd.jsonl")
+    assert res.figures.sources[0].endswith("caf\ufffd.jsonl")
 
 
 @pytest.mark.timeout(60)  # a backtracking template regex took minutes per row on this input

@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from curation.ingest import CANONICAL_FIELDS, IngestConfig, RowError, SourceError, _iter_lines, row_to_record
+from curation.ingest import CANONICAL_FIELDS, IngestConfig, RowError, SourceError, row_to_record
+from curation.ingest.readers import _iter_lines
 from curation.records import ROLES
 from tests.curation.test_ingest import run
 
@@ -269,7 +270,7 @@ def test_json_array_whole_or_damaged(rows: list, indent: Any, damage: Any, gz: b
         res, records, ledger = _ingest_bytes(Path(tmp), "a.json.gz" if gz else "a.json", data)
     _reasons_ok(ledger)
     if damage is None:
-        assert res.stats["rows_in"] == len(rows)
+        assert res.stats.rows_in == len(rows)
         assert len(records) >= n_good
         # each element is reported at the line it starts on
         starts, line = [], 2
@@ -311,7 +312,7 @@ def test_csv_quoting_and_line_numbers(cells: list, quoting: int, bom: bool, gz: 
     with tempfile.TemporaryDirectory() as tmp:
         res, records, ledger = _ingest_bytes(Path(tmp), "c.csv.gz" if gz else "c.csv", data)
     _reasons_ok(ledger)
-    assert res.stats["rows_in"] == len(cells)
+    assert res.stats.rows_in == len(cells)
     for r in records:
         instr, inp, out = expect[r.line]
         assert r.response() == out and r.instruction() == (f"{instr}\n\n{inp}" if inp.strip() else instr)
@@ -375,7 +376,7 @@ def test_parquet_any_column_types(types: tuple[str, str], n: int, data: st.DataO
         pq.write_table(pa.table(cols), path)
         res, _, ledger = run(Path(tmp), [path], CONFIG)
     _reasons_ok(ledger)
-    assert res.stats["rows_in"] == n
+    assert res.stats.rows_in == n
 
 
 @settings(max_examples=25, deadline=None)
@@ -394,8 +395,8 @@ def test_empty_files_and_directories(name: str, content: bytes, n_dirs: int) -> 
         path.write_bytes(gzip.compress(content) if name.endswith(".gz") else content)
         res, records, ledger = run(tmp_path, [path, *[d.parent for d in dirs]], CONFIG)
     assert not records and not ledger
-    assert len(res.stats["empty_sources"]) == 1 + n_dirs
-    assert res.stats["rows_out"] == 0 and res.problems()
+    assert len(res.figures.empty_sources) == 1 + n_dirs
+    assert res.stats.rows_out == 0 and res.problems()
 
 
 @settings(max_examples=15, deadline=None)

@@ -11,7 +11,7 @@ import pytest
 from curation.io import write_records
 from curation.mix import MixConfig, MixPoolTooSmall, MixStage, approx_tokens
 from curation.records import Record
-from curation.stage import apply_stage, run_stage
+from curation.runner import apply_stage, run_stage
 
 
 def task_rows(n: int) -> list[Record]:
@@ -65,7 +65,7 @@ def test_ratio_gives_share_within_one_point_and_tags_rows(tmp_path) -> None:
     task = [r for r in kept if r.attrs["mix_source"] == "task"]
     assert len(task) == 403
     assert abs(len(general) / len(kept) - 0.2) <= 0.01
-    assert stats["rows_added"] == len(general) and stats["rows_out"] == len(kept)
+    assert stats.rows_added == len(general) and stats.rows_out == len(kept)
     assert {r.attrs["mix_origin"] for r in general} == {a, b}
     assert all(r.attrs["mix_origin"] is None for r in task)
     # equal split across sources, and each source's task types all represented
@@ -75,7 +75,7 @@ def test_ratio_gives_share_within_one_point_and_tags_rows(tmp_path) -> None:
         types = Counter(r.attrs["task_type"] for r in general if r.attrs["mix_origin"] == src)
         assert len(types) == 3 and max(types.values()) - min(types.values()) <= 2
     assert len({r.id for r in kept}) == len(kept)
-    assert stats["extra"]["achieved_ratio"] == pytest.approx(0.2, abs=0.01)
+    assert stats.extra["achieved_ratio"] == pytest.approx(0.2, abs=0.01)
 
 
 def test_same_seed_same_output_other_seed_other_sample(tmp_path) -> None:
@@ -96,7 +96,7 @@ def test_ratio_by_tokens(tmp_path) -> None:
         tok[r.attrs["mix_source"]] += approx_tokens(r.full_text())
     share = tok["general"] / (tok["general"] + tok["task"])
     assert abs(share - 0.2) <= 0.01
-    assert stats["extra"]["achieved_ratio"] == pytest.approx(share, abs=1e-3)
+    assert stats.extra["achieved_ratio"] == pytest.approx(share, abs=1e-3)
 
 
 def test_proportional_balance_follows_source_sizes(tmp_path) -> None:
@@ -126,8 +126,8 @@ def test_pool_too_small_lenient_warns_and_records_shortfall(tmp_path) -> None:
     with pytest.warns(UserWarning, match="general pool has 10 rows"):
         kept, stats = run(MixConfig(general=[a], ratio=0.2, strict=False), 100)
     assert sum(r.attrs["mix_source"] == "general" for r in kept) == 10
-    assert stats["extra"]["shortfall"] == {"target": 25, "available": 10, "missing": 15}
-    assert stats["extra"]["achieved_ratio"] == pytest.approx(10 / 110, abs=1e-4)
+    assert stats.extra["shortfall"] == {"target": 25, "available": 10, "missing": 15}
+    assert stats.extra["achieved_ratio"] == pytest.approx(10 / 110, abs=1e-4)
 
 
 def test_no_general_data_with_a_ratio_is_an_error() -> None:
@@ -153,7 +153,7 @@ def test_records_parquet_pool_and_run_stage_invariant(tmp_path) -> None:
         tmp_path / "out",
         batch_size=32,
     )
-    assert stats["rows_in"] == 80 and stats["rows_added"] == 20 and stats["rows_out"] == 100
+    assert stats.rows_in == 80 and stats.rows_added == 20 and stats.rows_out == 100
     out = pq.read_table(tmp_path / "out" / "output.parquet").to_pylist()
     assert Counter(r["mix_source"] for r in out) == {"task": 80, "general": 20}
     assert len({r["id"] for r in out}) == 100  # a colliding general id is renamed, never duplicated
@@ -167,4 +167,4 @@ def test_bad_general_rows_are_counted_not_fatal(tmp_path) -> None:
     )
     kept, stats = run(MixConfig(general=[str(p)], ratio=0.2), 40)
     assert sum(r.attrs["mix_source"] == "general" for r in kept) == 10
-    assert stats["extra"]["pool_bad_rows"] == {str(p): {"bad_json": 1, "unknown_format": 1}}
+    assert stats.extra["pool_bad_rows"] == {str(p): {"bad_json": 1, "unknown_format": 1}}

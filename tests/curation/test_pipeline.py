@@ -11,9 +11,13 @@ import pytest
 from pydantic import BaseModel
 
 from curation import pipeline
+from curation.errors import ConfigError
 from curation.io import iter_record_batches, read_json
 from curation.records import Record
-from curation.stage import Drop, LedgerBalanceError, Stage, StageOutput, apply_stage, run_stage
+from curation.registry import STAGES
+from curation.runner import apply_stage, run_stage
+from curation.stage import Drop, Stage, StageOutput, build_stage
+from curation.stats import LedgerBalanceError
 
 
 class LengthConfig(BaseModel):
@@ -52,8 +56,8 @@ class Leaky(MinLength):
 
 @pytest.fixture(autouse=True)
 def _register(monkeypatch):
-    monkeypatch.setitem(pipeline.STAGES, "min_length", f"{__name__}:MinLength")
-    monkeypatch.setitem(pipeline.STAGES, "leaky", f"{__name__}:Leaky")
+    monkeypatch.setitem(STAGES, "min_length", f"{__name__}:MinLength")
+    monkeypatch.setitem(STAGES, "leaky", f"{__name__}:Leaky")
 
 
 def _write_source(path: Path, n: int = 30) -> Path:
@@ -73,7 +77,7 @@ def test_apply_stage_balances_and_stores_scores():
     assert len(kept) + len(dropped) == 20
     assert {d.reason for d in dropped} == {"too_short"}
     assert all(r.attrs["resp_len"] >= 5 for r in kept)
-    assert stats["dropped_by_reason"] == {"too_short": 5}
+    assert stats.dropped_by_reason == {"too_short": 5}
 
 
 def test_runner_refuses_a_stage_that_loses_rows(tmp_path):
@@ -89,8 +93,8 @@ def test_curate_ledger_balances_end_to_end(tmp_path):
     run = tmp_path / "run"
     n_out = pq.ParquetFile(run / "output.parquet").metadata.num_rows
     ledger = pq.read_table(run / "ledger.parquet").to_pylist()
-    assert summary["rows_in"] == 32  # 30 good + 1 unknown format + 1 bad JSON
-    assert summary["rows_in"] == n_out + len(ledger)
+    assert summary.rows_in == 32  # 30 good + 1 unknown format + 1 bad JSON
+    assert summary.rows_in == n_out + len(ledger)
     by_stage = {(r["stage"], r["reason"]) for r in ledger}
     assert by_stage == {("ingest", "unknown_format"), ("ingest", "bad_json"), ("min_length", "too_short")}
     # output ids are unique and carry the stage's score column
@@ -111,20 +115,20 @@ def test_resume_skips_finished_stages_and_reruns_changed_ones(tmp_path):
     MinLength.calls = 0
     again = pipeline.curate([str(src)], [("min_length", {"min_chars": 5})], run, resume=True)
     assert MinLength.calls == 0  # same input + config: cached
-    assert all(s["cached"] for s in again["stages"])
+    assert all(s.cached for s in again.stages)
     assert (run / "output.parquet").read_bytes() == before
-    assert again["rows_out"] == first["rows_out"]
+    assert again.rows_out == first.rows_out
 
     # a changed threshold reruns that stage (ingest stays cached)
     changed = pipeline.curate([str(src)], [("min_length", {"min_chars": 100})], run, resume=True)
     assert MinLength.calls > 0
-    assert [s["cached"] for s in changed["stages"]] == [True, False]
-    assert changed["rows_out"] == 0
+    assert [s.cached for s in changed.stages] == [True, False]
+    assert changed.rows_out == 0
 
     # changed input content invalidates everything
     src.write_text(src.read_text().replace("question 1", "question one"))
     again = pipeline.curate([str(src)], [("min_length", {"min_chars": 100})], run, resume=True)
-    assert [s["cached"] for s in again["stages"]] == [False, False]
+    assert [s.cached for s in again.stages] == [False, False]
 
 
 def test_run_stage_publishes_atomically(tmp_path):
@@ -136,15 +140,15 @@ def test_run_stage_publishes_atomically(tmp_path):
                          for i in range(10)])
     out = tmp_path / "stage"
     stats = run_stage(MinLength(), recs, out, batch_size=3)
-    assert stats["rows_in"] == 10
+    assert stats.rows_in == 10
     assert sorted(p.name for p in out.iterdir()) == ["ledger.parquet", "output.parquet", "stats.json"]
 
 
 def test_unknown_stage_and_bad_config_are_clear():
-    with pytest.raises(pipeline.ConfigError, match="unknown stage 'nope'"):
-        pipeline.build_stage("nope", {})
-    with pytest.raises(pipeline.ConfigError, match=r"stages\.min_length\.min_chars: Input should be a valid integer"):
-        pipeline.build_stage("min_length", {"min_chars": "many"}, where="stages.")
+    with pytest.raises(ConfigError, match="unknown stage 'nope'"):
+        build_stage("nope", {})
+    with pytest.raises(ConfigError, match=r"stages\.min_length\.min_chars: Input should be a valid integer"):
+        build_stage("min_length", {"min_chars": "many"}, where="stages.")
 
 
 def test_split_heldout_is_stable_and_keeps_general_rows_for_training(tmp_path):

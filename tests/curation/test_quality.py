@@ -14,7 +14,7 @@ from curation.quality import QualityConfig, QualityStage, run_rules
 from curation.quality_junk import JUNK_KINDS, load_clean_records, make_junk, write_demo_training_set
 from curation.quality_model import ModelError, QualityClassifier, features, metadata_path, train_classifier
 from curation.records import Record, detect_lang
-from curation.stage import apply_stage, run_stage
+from curation.runner import apply_stage, run_stage
 
 
 def chat(instruction: str, response: str, rid: str = "r") -> Record:
@@ -127,7 +127,7 @@ def test_drop_reason_is_rule_name_and_detail_has_value_and_threshold() -> None:
     (d,) = dropped
     assert d.reason == "repetition"
     assert "max_dup_ngram_fraction 70%" in d.detail or "min_tail_loop_chars" in d.detail
-    assert stats["dropped_by_reason"] == {"repetition": 1}
+    assert stats.dropped_by_reason == {"repetition": 1}
 
 
 def test_scores_stored_on_every_record_and_separate_from_decision() -> None:
@@ -188,7 +188,7 @@ def test_stats_histogram_counts_and_examples() -> None:
     recs = [chat(EN_Q, EN_A, f"ok{i}") for i in range(5)] + [chat(EN_Q, "TODO", f"p{i}") for i in range(6)]
     stage = QualityStage(QualityConfig(examples_per_reason=2))
     _, dropped, stats = apply_stage(stage, recs)
-    extra = stats["extra"]
+    extra = stats.extra
     assert sum(extra["score_histogram"]["counts"]) == 11
     assert extra["score_histogram"]["counts"][-1] == 5 and extra["score_histogram"]["counts"][0] == 6
     assert extra["rules_fired"] == extra["dropped_by_rule"] == {"placeholder": 6}
@@ -205,7 +205,7 @@ def test_run_stage_writes_quality_columns(tmp_path) -> None:
     assert sorted(out.column("id").to_pylist()) == ["a", "t"]
     ledger = pq.read_table(tmp_path / "out" / "ledger.parquet").to_pylist()
     assert [(r["id"], r["reason"]) for r in ledger] == [("b", "echo")]
-    assert stats["rows_in"] == 3 and stats["rows_out"] == 2
+    assert stats.rows_in == 3 and stats.rows_out == 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ def test_stage_with_classifier_threshold_and_top_percent(tiny_model: str) -> Non
     assert top.needs_fit
     kept, dropped, _ = apply_stage(top, recs)
     assert len(kept) == 7 and all(d.reason in ("low_quality", "html_spam") for d in dropped)
-    assert stats["extra"]["classifier"]["cutoff"] == 0.5
+    assert stats.extra["classifier"]["cutoff"] == 0.5
 
 
 def test_model_without_metadata_is_refused(tmp_path, tiny_model: str) -> None:

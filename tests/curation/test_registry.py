@@ -44,3 +44,20 @@ def test_every_builtin_stage_resolves_to_a_stage_class() -> None:
     for name in STAGES.names():
         cls = STAGES.resolve(name)
         assert issubclass(cls, Stage) and cls.name == name
+
+
+class _Loaded:
+    made = 0
+
+    def __init__(self, model: str = "m"):
+        type(self).made += 1
+        self.model = model
+
+
+def test_instance_is_built_once_per_process_and_config() -> None:
+    """A model-backed scorer asked for by every shard / batch is loaded once per process."""
+    reg = Registry("scorer")
+    reg.register("slow", f"{__name__}:_Loaded")
+    a = reg.instance("slow", model="x")
+    assert reg.instance("slow", model="x") is a and _Loaded.made == 1
+    assert reg.instance("slow", model="y") is not a and _Loaded.made == 2

@@ -32,7 +32,8 @@ from pydantic import BaseModel
 
 from curation import pipeline
 from curation.records import Record
-from curation.stage import CRASH_ENV, Drop, Stage, StageOutput
+from curation.registry import STAGES
+from curation.stage import CRASH_ENV, Drop, Stage, StageOutput, stage_class
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_RECIPE = REPO / "configs" / "demo.yaml"
@@ -121,8 +122,9 @@ TOY_RECIPE = [["keep_long", {"min_chars": 12}], ["top_k", {"k": 20}], ["pad", {"
 DRIVER = """
 import json, sys
 from curation import pipeline
+from curation.registry import STAGES
 args = json.loads(sys.argv[1])
-pipeline.STAGES.update(args["register"])
+STAGES.update(args["register"])
 pipeline.curate(args["sources"], [tuple(s) for s in args["stages"]], args["run"], resume=True,
                 batch_size=args["batch_size"])
 """
@@ -227,7 +229,7 @@ def test_kill_after_a_config_change_never_reuses_the_old_marker(toy):
 @pytest.fixture
 def toy_stages(monkeypatch):
     for name, target in TOY_STAGES.items():
-        monkeypatch.setitem(pipeline.STAGES, name, target)
+        monkeypatch.setitem(STAGES, name, target)
 
 
 def test_changing_a_later_threshold_reruns_only_that_stage_onward(toy, toy_stages, tmp_path):
@@ -236,12 +238,12 @@ def test_changing_a_later_threshold_reruns_only_that_stage_onward(toy, toy_stage
     pipeline.curate([toy["src"]], stages, run, batch_size=8)
     stages[1] = ("top_k", {"k": 10})
     summary = pipeline.curate([toy["src"]], stages, run, resume=True, batch_size=8)
-    assert [s["cached"] for s in summary["stages"]] == [True, True, False, False]
-    assert summary["rows_out"] == 10 + 5
+    assert [s.cached for s in summary.stages] == [True, True, False, False]
+    assert summary.rows_out == 10 + 5
     stages[2] = ("pad", {"extra": 2})
     summary = pipeline.curate([toy["src"]], stages, run, resume=True, batch_size=8)
-    assert [s["cached"] for s in summary["stages"]] == [True, True, True, False]
-    assert summary["rows_out"] == 10 + 2
+    assert [s.cached for s in summary.stages] == [True, True, True, False]
+    assert summary.rows_out == 10 + 2
 
 
 def test_a_stage_whose_files_went_missing_is_rebuilt(toy, toy_stages, tmp_path):
@@ -252,7 +254,7 @@ def test_a_stage_whose_files_went_missing_is_rebuilt(toy, toy_stages, tmp_path):
     (run / "02_top_k" / "output.parquet").unlink()
     (run / "01_keep_long" / "ledger.parquet").write_bytes((run / "00_ingest" / "ledger.parquet").read_bytes())
     summary = pipeline.curate([toy["src"]], stages, run, resume=True, batch_size=8)
-    assert [s["cached"] for s in summary["stages"]] == [True, False, False, True]
+    assert [s.cached for s in summary.stages] == [True, False, False, True]
     _assert_same_output(run, toy["clean"])
 
 
@@ -278,7 +280,7 @@ def _demo_stages(**override: dict) -> list[list]:
 
 def _importable(stage: str) -> bool:
     try:
-        pipeline.stage_class(stage)
+        stage_class(stage)
     except ImportError:
         return False
     return True
@@ -355,7 +357,7 @@ def test_demo_stages_with_many_batches_resume_to_the_clean_output(demo, tmp_path
     run = tmp_path / "run"
     points = []
     for i, name in enumerate(demo["names"]):
-        if pipeline.stage_class(name).needs_fit:
+        if stage_class(name).needs_fit:
             points.append(f"{name}:fit")
         points.append(f"{name}:{2 + i % 2}" if i % 2 else f"{name}:published")
     for point in points:
@@ -395,11 +397,11 @@ def test_editing_the_general_pool_reruns_the_mixer(demo, tmp_path):
     run = tmp_path / "run"
     pipeline.curate(demo["sources"], stages, run)
     again = pipeline.curate(demo["sources"], stages, run, resume=True)
-    assert all(s["cached"] for s in again["stages"])
+    assert all(s.cached for s in again.stages)
     lines = pool.read_text().splitlines()
     pool.write_text("\n".join(reversed(lines)) + "\n")  # same name, same rows, other bytes
     changed = pipeline.curate(demo["sources"], stages, run, resume=True)
-    assert [s["cached"] for s in changed["stages"]] == [True] * len(stages) + [False]
+    assert [s.cached for s in changed.stages] == [True] * len(stages) + [False]
 
 
 def test_demo_threshold_change_reruns_from_that_stage(demo, tmp_path):
@@ -411,9 +413,9 @@ def test_demo_threshold_change_reruns_from_that_stage(demo, tmp_path):
     stages = [(n, {**c, "threshold": 0.95} if n == "dedup" else c) for n, c in demo["stages"]]
     summary = pipeline.curate(demo["sources"], stages, run, resume=True)
     at = names.index("dedup") + 1  # +1: ingest comes first
-    assert [s["cached"] for s in summary["stages"]] == [True] * at + [False] * (len(names) + 1 - at)
-    near = [s["dropped_by_reason"].get("near_duplicate", 0) for s in (first, summary)
-            for s in s["stages"] if s["stage"] == "dedup"]
+    assert [s.cached for s in summary.stages] == [True] * at + [False] * (len(names) + 1 - at)
+    near = [s.dropped_by_reason.get("near_duplicate", 0) for s in (first, summary)
+            for s in s.stages if s.stage == "dedup"]
     assert near[1] < near[0]  # the new threshold took effect
 
 

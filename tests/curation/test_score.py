@@ -10,6 +10,7 @@ import pytest
 
 from curation.io import write_records
 from curation.records import Record
+from curation.runner import apply_stage, run_stage
 from curation.score import (
     TASK_TYPES,
     WEIGHTS,
@@ -19,7 +20,6 @@ from curation.score import (
     complexity_features,
     complexity_score,
 )
-from curation.stage import apply_stage, run_stage
 
 
 def chat(user: str, assistant: str = "OK.", *more: str, lang: str = "en", rid: str | None = None) -> Record:
@@ -139,7 +139,7 @@ def test_stage_adds_attrs_drops_nothing_and_reports() -> None:
         assert 0.0 <= r.attrs["complexity"] <= 1.0
         feats = json.loads(r.attrs["complexity_features"])
         assert complexity_score(feats) == r.attrs["complexity"]
-    extra = stats["extra"]
+    extra = stats.extra
     assert sum(extra["task_types"].values()) == len(recs)
     assert sum(extra["complexity_histogram"].values()) == len(recs)
     assert extra["langs"] == {"en": 3, "zh": 2}
@@ -151,7 +151,7 @@ def test_hashing_embeddings_are_stored_unit_vectors(tmp_path) -> None:
     stage = ScoreStage(ScoreConfig(embeddings=True, embedding_model="hashing"))
     stats = run_stage(stage, tmp_path / "in.parquet", tmp_path / "out")
     table = pq.read_table(tmp_path / "out" / "output.parquet")
-    assert stats["rows_out"] == 3
+    assert stats.rows_out == 3
     assert {"complexity", "task_type", "complexity_features", "embedding_hashing"} <= set(table.column_names)
     emb = np.asarray(table.column("embedding_hashing").to_pylist(), dtype=np.float32)
     assert emb.shape == (3, 256)

@@ -12,8 +12,8 @@ from curation.diversity import embed_texts, embedding_metrics, embedding_text, n
 from curation.ingest import ingest
 from curation.io import read_records, write_records
 from curation.records import Record
+from curation.runner import apply_stage, run_stage
 from curation.select import SelectConfig, SelectStage
-from curation.stage import apply_stage, run_stage
 
 TOPICS = [
     "Explain how photosynthesis turns sunlight into chemical energy in plants",
@@ -58,8 +58,8 @@ def test_score_first_keeps_the_best_of_each_near_copy_group() -> None:
         topic = d.record.id[:2]
         assert d.duplicate_of == f"{topic}v1"
         assert "score 0." in d.detail and "similarity" in d.detail
-    assert stats["extra"]["rows_selected"] == 5
-    assert stats["rows_in"] == stats["rows_out"] + stats["rows_dropped"]
+    assert stats.extra["rows_selected"] == 5
+    assert stats.rows_in == stats.rows_out + stats.rows_dropped
 
 
 def test_quality_multiplies_the_ranking_score() -> None:
@@ -78,14 +78,14 @@ def test_budget_is_respected_and_cut_by_score() -> None:
     assert all(r.id.endswith("v1") for r in kept)
     budget_drops = [d for d in dropped if d.duplicate_of is None]
     assert budget_drops and all("budget 3" in d.detail for d in budget_drops)
-    assert stats["extra"]["budget_shortfall"] == 0
+    assert stats.extra["budget_shortfall"] == 0
 
 
 def test_unfillable_budget_is_reported_not_hidden() -> None:
     kept, _, stats = select(groups(), similarity_threshold=0.8, budget=10)
     assert len(kept) == 5
-    assert stats["extra"]["budget_shortfall"] == 5
-    assert "budget 10 not filled" in stats["extra"]["warning"]
+    assert stats.extra["budget_shortfall"] == 5
+    assert "budget 10 not filled" in stats.extra["warning"]
 
 
 def test_selection_is_deterministic_and_tie_breaks_by_input_order() -> None:
@@ -116,15 +116,15 @@ def test_run_stage_two_passes_and_ledger(tmp_path) -> None:
         tmp_path / "out",
         batch_size=4,
     )
-    assert stats["rows_out"] == 5 and stats["dropped_by_reason"] == {"not_selected": 10}
+    assert stats.rows_out == 5 and stats.dropped_by_reason == {"not_selected": 10}
     ledger = pq.read_table(tmp_path / "out" / "ledger.parquet").to_pylist()
     assert len(ledger) == 10 and all(row["stage"] == "select" for row in ledger)
     out = pq.read_table(tmp_path / "out" / "output.parquet")
     assert "selection_score" in out.column_names
-    div = stats["extra"]["diversity"]
+    div = stats.extra["diversity"]
     # the kept rows are the 5 distinct topics: less redundant than a random 5 of the 15
     assert div["after"]["mean_nn_similarity"] < div["before"]["mean_nn_similarity"]
-    assert stats["extra"]["after"]["rows"] == 5 and sum(stats["extra"]["before"]["langs"].values()) == 15
+    assert stats.extra["after"]["rows"] == 5 and sum(stats.extra["before"]["langs"].values()) == 15
 
 
 def test_changed_input_between_passes_is_an_error() -> None:

@@ -66,3 +66,42 @@ def test_curate_local_on_demo_data_balances(tmp_path):
     # the demo data plants malformed lines, duplicates and junk: each stage must find some
     assert {"bad_json", "invalid_utf8", "exact_duplicate"} <= reasons
     assert "Curation funnel" in res.stdout
+
+
+def _ledger_source(tmp_path: Path) -> Path:
+    rows = [{"id": f"q{i}", "instruction": f"Explain topic number {i} in a few words.",
+             "output": f"Topic {i} is about {'many ' * (i % 4)}things that matter to people."} for i in range(24)]
+    rows.append({"id": "q3", "instruction": "dup id", "output": "x"})  # duplicate_id: an ingest drop
+    lines = [json.dumps(r) for r in rows] + ["{oops", json.dumps({"foo": "bar"})]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("command", [
+    ["ingest"], ["dedup"], ["quality"], ["score"], ["select", "--budget", "10", "--set", "embeddings=hashing"],
+    ["mix", "--ratio", "0.2"],
+])
+def test_every_stage_command_has_one_complete_ledger(tmp_path, command):
+    """rows in (+ rows added) = rows out + ledger rows, read from the output folder alone; the
+    ledger holds ingest's drops too, with the rows' own ids."""
+    import pyarrow.parquet as pq
+
+    src = _ledger_source(tmp_path)
+    out = tmp_path / "out"
+    name, *flags = command
+    if name == "mix":
+        general = tmp_path / "general.jsonl"
+        general.write_text("".join(json.dumps({"text": f"general row {i} about the weather"}) + "\n" for i in range(40)))
+        args = [name, "--task", str(src), "--general", str(general), *flags]
+    else:
+        args = [name, str(src), *flags]
+    res = _run(*args, "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    n_out = pq.read_metadata(out / "output.parquet").num_rows
+    ledger = pq.read_table(out / "ledger.parquet").to_pylist()
+    counts = json.loads((out / ("stats.json" if name == "ingest" else "summary.json")).read_text())
+    assert counts["rows_in"] == 27
+    assert counts["rows_in"] + counts.get("rows_added", 0) == n_out + len(ledger)
+    ingest_drops = {(d["reason"], d["id"]) for d in ledger if d["stage"] == "ingest"}
+    assert ingest_drops == {("duplicate_id", "q3"), ("bad_json", f"{src}:26"), ("unknown_format", f"{src}:27")}

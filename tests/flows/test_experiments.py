@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from curation.io import write_json
+from curation.stats import StageStats
 from flows.experiments import comparison_markdown, comparison_rows
 from flows.report import build_report
 
@@ -13,7 +14,7 @@ from flows.report import build_report
 def _arm(ratio: float, arc_delta: float, gain: float) -> dict:
     return {
         "ratio": ratio,
-        "mix": {"rows_added": int(ratio * 100)},
+        "mix": StageStats(stage="mix", rows_added=int(ratio * 100)),
         "train": {"first_loss": 2.0, "final_loss": 1.5},
         "verdict": {
             "verdict": "PASS" if arc_delta > -0.01 else "REGRESSED",

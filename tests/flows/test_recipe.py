@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from curation import pipeline
+from curation.registry import STAGES
 from flows.recipe import ConfigError, load_recipe, parse_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def _register(monkeypatch):
-    monkeypatch.setitem(pipeline.STAGES, "min_length", "tests.curation.test_pipeline:MinLength")
+    monkeypatch.setitem(STAGES, "min_length", "tests.curation.test_pipeline:MinLength")
 
 
 def _write(tmp_path: Path, data: dict) -> Path:
