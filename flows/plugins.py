@@ -14,3 +14,6 @@ Add one line per implementation::
 from __future__ import annotations
 
 from curation.registry import SCORERS, SERVICES  # noqa: F401  (used by the registration lines)
+
+# the benchmark items of an eval suite, for the decontamination stage (curation.decontam)
+SERVICES.register("benchmark_documents", "evals.benchmarks:benchmark_documents")
