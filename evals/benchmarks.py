@@ -88,6 +88,8 @@ class BenchmarkSource:
     #: local files whose bytes define the documents (the task spec included); empty for the hub part
     files: tuple[str, ...]
     lang: str
+    #: the task name or spec file the suite names (what :func:`evals.tasks.load_task_spec` takes)
+    spec: str = ""
 
 
 @dataclass
@@ -107,7 +109,8 @@ class SuiteDocuments:
 
     def documents(self, benchmark: str) -> Iterator[BenchmarkDocument]:
         """Every text of every item of ``benchmark``; raises :class:`DataUnavailableError` if it cannot be read."""
-        yield from _task_documents(load_task_spec(benchmark), self.data_dir)
+        spec = next((s.spec for s in self.sources if s.benchmark == benchmark), benchmark)
+        yield from _task_documents(load_task_spec(spec or benchmark), self.data_dir)
 
     def __iter__(self) -> Iterator[BenchmarkDocument]:
         for s in self.sources:
@@ -128,35 +131,39 @@ def benchmark_documents(
     skipped: dict[str, str] = {}
     for task in resolve_suite(suite):
         spec = load_task_spec(task)
+        spec_file = Path(task) if task.endswith((".yaml", ".yml")) else TASKS_DIR / f"{task}.yaml"
         try:
-            sources.append(locate(spec, data_dir))
+            sources.append(locate(spec, data_dir, spec_file=str(spec_file), spec_ref=task))
         except DataUnavailableError as e:
             if not skip_missing:
                 raise
-            skipped[task] = str(e)
+            skipped[spec.task] = str(e)
     return SuiteDocuments(suite, data_dir, sources, skipped)
 
 
-def locate(spec: TaskSpec, data_dir: str | None) -> BenchmarkSource:
+def locate(
+    spec: TaskSpec, data_dir: str | None, *, spec_file: str | None = None, spec_ref: str | None = None
+) -> BenchmarkSource:
     """Where the eval reads ``spec``'s rows from (the same choice as :func:`evals.tasks.load_items`)."""
     src = spec.source
-    spec_file = str(TASKS_DIR / f"{spec.task}.yaml")
+    spec_file = spec_file or str(TASKS_DIR / f"{spec.task}.yaml")
+    ref = spec_ref or spec.task
     if src.repo_path is not None:
         path = REPO_ROOT / src.repo_path
         if not path.exists():
             raise DataUnavailableError(f"task {spec.task}: project file {path} not found")
-        return BenchmarkSource(spec.task, "repo", str(path), (spec_file, str(path)), spec.lang)
+        return BenchmarkSource(spec.task, "repo", str(path), (spec_file, str(path)), spec.lang, ref)
     if src.path is not None and data_dir is not None:
         path = Path(data_dir) / src.path
         if path.exists():
             files = [spec_file, str(path)]
             if src.labels_path is not None:
                 files.append(str(path.parent / Path(src.labels_path).name))
-            return BenchmarkSource(spec.task, "local", str(path), tuple(files), spec.lang)
+            return BenchmarkSource(spec.task, "local", str(path), tuple(files), spec.lang, ref)
     if src.hub is not None:
         hub = src.hub
         loc = f"hf://{hub.path}{'/' + hub.name if hub.name else ''}?split={hub.split}"
-        return BenchmarkSource(spec.task, "hub", loc, (spec_file,), spec.lang)
+        return BenchmarkSource(spec.task, "hub", loc, (spec_file,), spec.lang, ref)
     if src.path is not None and data_dir is not None:
         where = f"{Path(data_dir) / src.path} not found"
     elif src.path is not None:
@@ -353,8 +360,14 @@ def _generic_documents(
             text = it.requests[int(it.gold) if it.labels is None else 0][0]
         texts.append((item, text))
     if len(texts) > 1:
+        # shared template text, cut back to whole words ("?\nA:" shared by all questions keeps the "?")
         prefix = os.path.commonprefix([t for _, t in texts])
+        if prefix and not prefix[-1].isspace():
+            prefix = prefix[: max((prefix.rfind(c) for c in " \n\t"), default=-1) + 1]
         suffix = os.path.commonprefix([t[::-1] for _, t in texts])[::-1]
+        if suffix and not suffix[0].isspace():
+            cut = [i for i in (suffix.find(c) for c in " \n\t") if i >= 0]
+            suffix = suffix[min(cut) :] if cut else ""
         texts = [(i, t[len(prefix) : len(t) - len(suffix)] if len(prefix) + len(suffix) < len(t) else t)
                  for i, t in texts]
     for item, text in texts:
