@@ -5,7 +5,7 @@ lm-eval: lower case, ``string.punctuation`` deleted, whitespace-split words, a r
 any of its 13-grams is a benchmark 13-gram), fed the same benchmark texts.
 
     python bench/decontam_bench.py sweep            # recall / FP per setting (chooses n and thresholds)
-    python bench/decontam_bench.py speed --rows 100000
+    python bench/decontam_bench.py speed --rows 100000   # matching only; then the whole stage (parquet in/out)
     python bench/decontam_bench.py all
 
 Data: the ``full`` eval suite's benchmarks (every item), clean instruction rows (dolly_hhrlhf_sample,
@@ -107,9 +107,12 @@ def evaluate(match, planted: list[Record], clean: list[Record], other: list[Reco
     per_lang: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     per_bench: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     named = 0
+    per_item: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for r, b in zip(planted, got, strict=True):
         p = r.meta["planted"]
         hit = b is not None
+        per_item[(p["benchmark"], p["item"])][0] += hit
+        per_item[(p["benchmark"], p["item"])][1] += 1
         for d, k in ((per_variant, p["variant"]), (per_lang, p["lang"]), (per_bench, p["benchmark"])):
             d[k][0] += hit
             d[k][1] += 1
@@ -119,6 +122,9 @@ def evaluate(match, planted: list[Record], clean: list[Record], other: list[Reco
     n_hit = sum(v[0] for v in per_variant.values())
     return {
         "recall": n_hit / len(planted),
+        "recall_n": n_hit,
+        "items": len(per_item),
+        "items_all_variants": sum(h == n for h, n in per_item.values()),
         "named": named / max(n_hit, 1),
         "per_variant": {k: v[0] / v[1] for k, v in per_variant.items()},
         "per_lang": {k: v[0] / v[1] for k, v in per_lang.items()},
@@ -212,6 +218,14 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _ci(k: int, n: int) -> str:
+    """95% Clopper-Pearson interval of k/n."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+    return f"{100 * k / n:.1f}% [{100 * ci.low:.1f}%, {100 * ci.high:.1f}%] (n={n})"
+
+
 def print_table(rows: list[dict], n_planted: int, n_clean: int, n_other: int) -> None:
     print(f"\n| setting | recall, {n_planted} planted | en | zh | bare question | punct as spaces | first 2/3 "
           f"| edited every 15th | clean rows dropped (of {n_clean}) | other-benchmark rows hit (of {n_other}) "
@@ -231,6 +245,12 @@ def print_table(rows: list[dict], n_planted: int, n_clean: int, n_other: int) ->
               f"| {_pct(r['bare_question_recall'])} | {_pct(h['punct_as_spaces'])} | {_pct(h['first_two_thirds'])} "
               f"| {_pct(h['edited_every_15'])} | {r['clean_fp_n']} ({_pct(r['clean_fp'])}) | {r['other_fp_n']} "
               f"| {r['build_s']:.1f} |")
+    d, peer = rows[0], rows[-1]
+    print(f"\nDefault: planted rows dropped {d['recall_n']}/{n_planted}; items dropped in all "
+          f"{len(VARIANTS)} variants {_ci(d['items_all_variants'], d['items'])}; clean rows dropped "
+          f"{_ci(d['clean_fp_n'], n_clean)}. Peer: items {_ci(peer['items_all_variants'], peer['items'])}; "
+          f"clean {_ci(peer['clean_fp_n'], n_clean)}. Intervals: exact binomial, items as the unit (the six "
+          "variants of one item are not independent).")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,10 +266,34 @@ def speed_rows(n: int) -> list[Record]:
     ]
 
 
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def speed_one(method: str, n: int, batch: int) -> dict:
     rows = speed_rows(n)
     chars = sum(len(r.full_text()) for r in rows)
-    if method == "sftflow":
+    rss_rows = _rss_mib()
+    index_mib = None
+    if method == "sftflow-runner":
+        import tempfile
+
+        from curation.decontam import DecontamStage
+        from curation.io import write_records
+        from curation.stage import run_stage
+
+        with tempfile.TemporaryDirectory() as tmp:
+            write_records(Path(tmp) / "in.parquet", rows)
+            del rows
+            stage = DecontamStage(DecontamConfig())
+            t = time.perf_counter()
+            stage.index()
+            index_s, cache = time.perf_counter() - t, stage._index_report["cache"]
+            t, c = time.perf_counter(), time.process_time()
+            stats = run_stage(stage, Path(tmp) / "in.parquet", Path(tmp) / "out", batch_size=batch)
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
+            dropped = stats["rows_dropped"]
+    elif method == "sftflow":
         from curation.decontam import DecontamStage
 
         stage = DecontamStage(DecontamConfig())
@@ -257,6 +301,8 @@ def speed_one(method: str, n: int, batch: int) -> dict:
         stage.index()
         index_s = time.perf_counter() - t
         cache = stage._index_report["cache"]
+        idx = stage.index()
+        index_mib = (idx.keys.nbytes + idx.docs_of_keys.nbytes + idx._filter.nbytes + idx._docs.nbytes) / 2**20
         t, c = time.perf_counter(), time.process_time()
         dropped = 0
         for i in range(0, n, batch):
@@ -270,12 +316,12 @@ def speed_one(method: str, n: int, batch: int) -> dict:
         t, c = time.perf_counter(), time.process_time()
         dropped = sum(peer.contaminated(r.full_text()) for r in rows)
         wall, cpu = time.perf_counter() - t, time.process_time() - c
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "method": method, "rows": n, "mean_chars": round(chars / n), "index_s": round(index_s, 2),
         "index_cache": cache, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
         "rows_per_s": round(n / wall), "rows_per_cpu_s": round(n / cpu), "dropped": dropped,
-        "peak_rss_mib": round(rss),
+        "rss_with_rows_mib": round(rss_rows), "peak_rss_mib": round(_rss_mib()),
+        "index_mib": round(index_mib, 1) if index_mib else None,
     }
 
 
@@ -284,7 +330,8 @@ def speed(args) -> None:
         print(json.dumps(speed_one(args.method, args.rows, args.batch)))
         return
     # each method in its own process, so peak RSS is its own
-    runs = [("sftflow", args.rows), ("sftflow", args.rows), ("janitor", args.peer_rows)]
+    # the first sftflow run may build the index (cache miss), the second loads it
+    runs = [("sftflow", args.rows), ("sftflow", args.rows), ("sftflow-runner", args.rows), ("janitor", args.peer_rows)]
     for method, n in runs:
         cmd = [sys.executable, __file__, "speed", "--method", method, "--rows", str(n), "--batch", str(args.batch)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
@@ -301,7 +348,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--peer-rows", type=int, default=10_000)
     ap.add_argument("--batch", type=int, default=2048)
-    ap.add_argument("--method", choices=["sftflow", "janitor"], default=None)
+    ap.add_argument("--method", choices=["sftflow", "sftflow-runner", "janitor"], default=None)
     args = ap.parse_args()
     if args.what in ("sweep", "all"):
         sweep(args)
