@@ -280,7 +280,7 @@ def speed_one(method: str, n: int, batch: int) -> dict:
 
         from curation.decontam import DecontamStage
         from curation.io import write_records
-        from curation.stage import run_stage
+        from curation.runner import run_stage
 
         with tempfile.TemporaryDirectory() as tmp:
             write_records(Path(tmp) / "in.parquet", rows)
@@ -292,7 +292,7 @@ def speed_one(method: str, n: int, batch: int) -> dict:
             t, c = time.perf_counter(), time.process_time()
             stats = run_stage(stage, Path(tmp) / "in.parquet", Path(tmp) / "out", batch_size=batch)
             wall, cpu = time.perf_counter() - t, time.process_time() - c
-            dropped = stats["rows_dropped"]
+            dropped = stats.rows_dropped
     elif method == "sftflow":
         from curation.decontam import DecontamStage
 

@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +51,7 @@ from curation.minhash import _CJK_RANGES, _LEN_MIX, _POWERS, _fmix64
 from curation.records import Record
 from curation.registry import SERVICES
 from curation.stage import Drop, Stage, StageOutput
+from curation.stats import Concat, Figures, Max, Same, Sum
 
 #: bump when units, hashing or the index layout change (part of the cache key)
 INDEX_VERSION = 1
@@ -831,11 +832,43 @@ def _report(
 # the stage
 
 
+class IndexFigures(Figures):
+    """What the rows were checked against (the same for every shard of one run)."""
+
+    key: Annotated[str, Same] = ""
+    #: ``hit`` or ``miss`` per piece of the run (a sharded run: the first shard builds, the others load)
+    cache: Annotated[list[str], Concat()] = []
+    path: Annotated[str | None, Same] = None
+    seconds: Annotated[float, Max] = 0.0
+    documents: Annotated[int, Same] = 0
+    keys: Annotated[int, Same] = 0
+    documents_per_benchmark: Annotated[dict[str, int], Same] = {}
+    #: texts too short to identify an item, per benchmark
+    unmatchable: Annotated[dict[str, int], Same] = {}
+    #: template wording shared by many items, not matched on its own, per benchmark
+    template: Annotated[dict[str, int], Same] = {}
+    benchmarks: Annotated[list[str], Same] = []
+    #: benchmark → why it was skipped (``skip_missing``)
+    skipped: Annotated[dict[str, str], Same] = {}
+
+
+class DecontamFigures(Figures):
+    """``stats.json`` ``extra`` of the decontam stage (the report's contamination section reads it)."""
+
+    suite: Annotated[str, Same] = ""
+    settings: Annotated[dict[str, Any], Same] = {}
+    index: IndexFigures = IndexFigures()
+    removed_per_benchmark: Annotated[dict[str, int], Sum] = {}
+    #: per benchmark, a few dropped rows: id, item, field, coverage, the matched span
+    examples: Annotated[dict[str, list[dict[str, Any]]], Concat(cap="examples")] = {}
+
+
 class DecontamStage(Stage):
     """Drops rows that contain an item of an eval-suite benchmark (see module docstring)."""
 
     name: ClassVar[str] = "decontam"
     Config: ClassVar[type[BaseModel]] = DecontamConfig
+    Figures: ClassVar[type[DecontamFigures]] = DecontamFigures
     version = 1
     input_file_fields: ClassVar[tuple[str, ...]] = ()
 
@@ -887,16 +920,16 @@ class DecontamStage(Stage):
                 ex.append({"id": r.id, **m.as_dict()})
         return out
 
-    def stats(self) -> dict[str, Any]:
-        if self._index is None and self._rows == 0:
+    def stats(self) -> DecontamFigures:
+        if self._index is None:
             self.index()  # an empty input still reports what it was checked against
-        return {
-            "suite": self.config.suite,
-            "settings": {**self.config.matching(), "min_coverage": self.config.min_coverage},
-            "index": self._index_report,
-            "removed_per_benchmark": dict(sorted(self._removed.items())),
-            "examples": self._examples,
-        }
+        return DecontamFigures(
+            suite=self.config.suite,
+            settings={**self.config.matching(), "min_coverage": self.config.min_coverage},
+            index=IndexFigures(**{**self._index_report, "cache": [self._index_report["cache"]]}),
+            removed_per_benchmark=dict(sorted(self._removed.items())),
+            examples=self._examples,
+        )
 
 
 __all__ = [
@@ -904,6 +937,8 @@ __all__ = [
     "DecontamStage",
     "DecontamIndex",
     "DecontamError",
+    "DecontamFigures",
+    "IndexFigures",
     "Match",
     "Units",
     "units_of",

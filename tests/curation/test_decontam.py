@@ -17,6 +17,7 @@ from curation.decontam import (
     REASON,
     DecontamConfig,
     DecontamError,
+    DecontamFigures,
     DecontamIndex,
     DecontamStage,
     match_units,
@@ -26,7 +27,7 @@ from curation.decontam_planted import VARIANTS, plant, strip_punctuation
 from curation.io import read_records, write_records
 from curation.quality_junk import load_clean_records
 from curation.records import Record
-from curation.stage import apply_stage, run_stage
+from curation.runner import apply_stage, run_stage
 from evals.benchmarks import benchmark_documents
 
 # TruthfulQA MC1 and MC2 are the same questions: a drop naming either names the right benchmark
@@ -226,18 +227,42 @@ def test_stage_ledger_balances_and_stats_name_benchmarks(tmp_path, monkeypatch):
     write_records(src, rows)
     stage = DecontamStage(DecontamConfig(suite="arc_easy", data_dir=str(data)))
     stats = run_stage(stage, src, tmp_path / "out", batch_size=16)
-    assert stats["rows_in"] == 40 and stats["rows_out"] == 37 and stats["rows_dropped"] == 3
-    assert stats["dropped_by_reason"] == {REASON: 3}
+    assert (stats.rows_in, stats.rows_out, stats.rows_dropped) == (40, 37, 3)
+    assert stats.dropped_by_reason == {REASON: 3}
     led = pq.read_table(tmp_path / "out" / "ledger.parquet").to_pylist()
     assert sorted(r["id"] for r in led) == ["bad1", "bad2", "bad3"]
     assert all(r["stage"] == "decontam" and r["detail"].startswith("arc_easy item ") for r in led)
     kept = {r.id for r in read_records(tmp_path / "out" / "output.parquet")}
     assert kept | {r["id"] for r in led} == {r.id for r in rows}
-    extra = stats["extra"]
-    assert extra["removed_per_benchmark"] == {"arc_easy": 3}
-    assert extra["index"]["benchmarks"] == ["arc_easy"] and extra["index"]["cache"] == "miss"
-    assert {e["id"] for e in extra["examples"]["arc_easy"]} == {"bad1", "bad2", "bad3"}
-    assert all(e["span"] for e in extra["examples"]["arc_easy"])
+    fig = stats.figures(DecontamFigures)
+    assert fig.removed_per_benchmark == {"arc_easy": 3}
+    assert fig.index.benchmarks == ["arc_easy"] and fig.index.cache == ["miss"]
+    assert {e["id"] for e in fig.examples["arc_easy"]} == {"bad1", "bad2", "bad3"}
+    assert all(e["span"] for e in fig.examples["arc_easy"])
+    on_disk = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert on_disk["extra"]["removed_per_benchmark"] == {"arc_easy": 3}
+
+
+def test_sharded_run_equals_serial_run(tmp_path, monkeypatch):
+    """A per-row stage: shards concatenated in order are the serial output, and the figures merge."""
+    from curation.runner import ShardedExecutor
+
+    monkeypatch.setenv("SFTFLOW_CACHE", str(tmp_path / "cache"))
+    data = tiny_benchmarks(tmp_path / "data")
+    rows = [rec(f"c{i}", f"Tell me about the number {i}.", "ok") for i in range(30)]
+    for i in (3, 12, 25):
+        rows[i] = rec(f"bad{i}", "Which gas do plants take in from the air to make their food?", "CO2")
+    src = tmp_path / "in.parquet"
+    write_records(src, rows)
+    cfg = DecontamConfig(suite="arc_easy", data_dir=str(data))
+    serial = run_stage(DecontamStage(cfg), src, tmp_path / "serial", batch_size=8)
+    sharded = run_stage(DecontamStage(cfg), src, tmp_path / "sharded", batch_size=8, executor=ShardedExecutor(3))
+    assert sharded.shards == 3
+    for name in ("output.parquet", "ledger.parquet"):
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "sharded" / name).read_bytes()
+    a, b = serial.figures(DecontamFigures), sharded.figures(DecontamFigures)
+    assert a.removed_per_benchmark == b.removed_per_benchmark == {"arc_easy": 3}
+    assert len(b.index.cache) == 3 and b.index.key == a.index.key
 
 
 def test_index_cache_hit_miss_and_content_key(tmp_path, monkeypatch):
@@ -304,11 +329,11 @@ def test_skip_missing_is_reported_and_nothing_is_lost(tmp_path, monkeypatch):
     rows = [rec("a", "Which gas do plants take in from the air to make their food?", "CO2"), rec("b", "hi", "yo")]
     kept, dropped, stats = apply_stage(DecontamStage(cfg), rows)
     assert [r.id for r in kept] == ["b"] and [d.record.id for d in dropped] == ["a"]
-    index = stats["extra"]["index"]
-    assert set(index["skipped"]) == {"cmmlu", "arc_challenge"}  # cmmlu: no file; arc_challenge: hub offline
-    assert index["benchmarks"] == ["arc_easy"]
+    index = stats.figures(DecontamFigures).index
+    assert set(index.skipped) == {"cmmlu", "arc_challenge"}  # cmmlu: no file; arc_challenge: hub offline
+    assert index.benchmarks == ["arc_easy"]
     # an index missing a benchmark that only failed while reading (the hub) is not cached under the full key
-    assert index["path"] is None
+    assert index.path is None
 
 
 def test_stage_on_real_planted_rows_through_the_runner(full_stage, planted, shared_data, tmp_path):
@@ -317,7 +342,7 @@ def test_stage_on_real_planted_rows_through_the_runner(full_stage, planted, shar
     src = tmp_path / "mixed.parquet"
     write_records(src, rows)
     stats = run_stage(full_stage, src, tmp_path / "out", batch_size=64)
-    assert stats["rows_in"] == stats["rows_out"] + stats["rows_dropped"] == 420
+    assert stats.rows_in == stats.rows_out + stats.rows_dropped == 420
     led = pq.read_table(tmp_path / "out" / "ledger.parquet").to_pylist()
     planted_ids = {r.id for r in planted[:120]}
     assert sum(r["id"] in planted_ids for r in led) >= 0.9 * 120
