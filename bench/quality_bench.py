@@ -6,7 +6,7 @@
 
 Data: clean rows of the shared instruction sets (dolly_hhrlhf, self_instruct seed, oasst1 zh, BELLE
 eval + zh seed; ../shared/data or $SFTFLOW_DATA_DIR) and junk of every kind made from them by
-``curation.quality_junk`` (refusals, boilerplate, truncations, repetitions, empties, echoes,
+``tests/curation/quality_junk.py`` (refusals, boilerplate, truncations, repetitions, empties, echoes,
 mojibake, HTML spam, placeholders, language mismatches; half en, half zh).
 
 The clean rows are split in two by content hash: the classifier trains on one half (+ junk made
@@ -35,10 +35,10 @@ sys.path.insert(0, str(REPO))
 
 from curation.io import iter_record_batches, write_records  # noqa: E402
 from curation.quality import QualityConfig, QualityStage, RulesConfig  # noqa: E402
-from curation.quality_junk import JUNK_KINDS, load_clean_records, make_junk  # noqa: E402
 from curation.quality_model import QualityClassifier, train_classifier  # noqa: E402
 from curation.records import Record  # noqa: E402
 from curation.runner import apply_stage, run_stage  # noqa: E402
+from tests.curation.quality_junk import JUNK_KINDS, load_clean_records, make_junk  # noqa: E402
 
 DATA = Path(os.environ.get("SFTFLOW_DATA_DIR", REPO.parent / "shared" / "data"))
 

@@ -14,7 +14,7 @@ Where positives and negatives come from:
 
 - your own data (the useful case): positives = rows you kept or rated good, negatives = rows you
   rejected (a previous run's ledger, low-rated answers, a known-bad source);
-- the demo recipe, :func:`curation.quality_junk.write_demo_training_set`: positives = the clean
+- the test/bench set, ``write_demo_training_set`` in ``tests/curation/quality_junk.py``: positives = the clean
   rows of the shared instruction sets, negatives = junk the generator makes from them (every kind,
   en + zh, about as many as positives).
 

@@ -11,10 +11,10 @@ from pydantic import ValidationError
 
 from curation.io import read_records, write_records
 from curation.quality import QualityConfig, QualityStage, run_rules
-from curation.quality_junk import JUNK_KINDS, load_clean_records, make_junk, write_demo_training_set
 from curation.quality_model import ModelError, QualityClassifier, features, metadata_path, train_classifier
 from curation.records import Record, detect_lang
 from curation.runner import apply_stage, run_stage
+from tests.curation.quality_junk import JUNK_KINDS, load_clean_records, make_junk, write_demo_training_set
 
 
 def chat(instruction: str, response: str, rid: str = "r") -> Record:
@@ -416,3 +416,51 @@ def test_train_from_instruction_jsonl(tmp_path) -> None:
     metrics = train_classifier([str(pos)], [str(neg)], str(tmp_path / "m.bin"))
     assert metrics["n_pos"] == metrics["n_neg"] == 360
     assert metrics["auc"] > 0.9
+
+
+# --------------------------------------------------------------------------------------------------
+# the rule registry
+
+
+def test_a_new_rule_is_one_registration_and_gets_its_config_section() -> None:
+    from pydantic import Field
+
+    from curation.quality import RULES, rule
+    from curation.quality.base import RuleConfig, RuleResult
+    from curation.quality.rules import build_rules_config, run_rules
+
+    class ShoutingRule(RuleConfig):
+        max_upper_fraction: float = Field(0.8, ge=0, le=1)
+
+    # between too_long (30) and placeholder (40): it names the drop before placeholder does
+    @rule("shouting", config=ShoutingRule, priority=35, for_text=True)
+    def check_shouting(v, c: ShoutingRule) -> RuleResult:
+        letters = [ch for ch in v.response if ch.isalpha()]
+        frac = sum(ch.isupper() for ch in letters) / max(1, len(letters))
+        return RuleResult("shouting", frac > c.max_upper_fraction, f"{frac:.0%} upper case", float(frac > 0.8))
+
+    try:
+        rules_cls = build_rules_config()
+        assert "shouting" in rules_cls.model_fields
+        rules = rules_cls.model_validate({"shouting": {"max_upper_fraction": 0.5}})
+        loud = chat(EN_Q, "TODO: THE SKY IS BLUE BECAUSE OF RAYLEIGH SCATTERING.")
+        results = run_rules(loud, rules)
+        assert [r.rule for r in results if r.fired] == ["shouting", "placeholder"]
+        quiet = rules_cls.model_validate({"shouting": {"enabled": False}})
+        assert [r.rule for r in run_rules(loud, quiet) if r.fired] == ["placeholder"]
+        # configs built before the rule existed simply do not run it
+        assert "shouting" not in {r.rule for r in run_rules(loud, QualityConfig().rules)}
+        with pytest.raises(ValueError, match="priority 35 is taken"):
+            rule("whispering", config=ShoutingRule, priority=35, for_text=True)(check_shouting)
+    finally:
+        RULES.pop("shouting", None)
+    assert "shouting" not in build_rules_config().model_fields
+
+
+def test_rules_config_is_built_from_the_registry_in_priority_order() -> None:
+    from curation.quality import RULES, RulesConfig
+
+    with_settings = [s.name for s in sorted(RULES.values(), key=lambda s: s.priority) if s.config is not None]
+    assert list(RulesConfig.model_fields) == with_settings
+    assert with_settings[:4] == ["empty", "too_short", "too_long", "placeholder"]
+    assert RULES["pii"].flag_only and RULES["pii"].config is None
