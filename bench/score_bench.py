@@ -38,11 +38,12 @@ from curation.diversity import (  # noqa: E402
     embedding_metrics,
     embedding_text,
 )
+from curation.features import classify_task  # noqa: E402
 from curation.ingest import IngestConfig, ingest  # noqa: E402
 from curation.io import iter_record_batches, read_records, write_records  # noqa: E402
 from curation.records import Record  # noqa: E402
 from curation.runner import apply_stage, run_stage  # noqa: E402
-from curation.score import ScoreConfig, ScoreStage, classify_task  # noqa: E402
+from curation.score import ScoreConfig, ScoreStage  # noqa: E402
 from curation.select import SelectConfig, SelectStage  # noqa: E402
 
 DATA = Path(os.environ.get("SFTFLOW_DATA_DIR", REPO.parent / "shared" / "data"))

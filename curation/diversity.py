@@ -40,6 +40,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from curation.features import classify_task
+
 EmbeddingModel = Literal["minilm", "hashing", "auto"]
 HASHING_DIM = 256
 MINILM_DIM = 384
@@ -351,8 +353,6 @@ def diversity_report(
     Task-type entropy, distinct-1/2 of instructions, verb–noun roots, and the embedding metrics;
     task types come from ``attrs["task_type"]`` when the score stage ran.
     """
-    from curation.score import classify_task  # score imports this module
-
     idx = sample_indices(len(records), max_rows, seed)
     rows = [records[i] for i in idx]
     tasks = Counter(r.attrs.get("task_type") or classify_task(r) for r in rows)

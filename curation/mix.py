@@ -45,10 +45,10 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.errors import SftflowError
+from curation.features import classify_task, complexity_features, complexity_score
 from curation.ingest import IngestConfig, RowError, SourceError, expand_sources, iter_raw_rows, row_to_record
 from curation.io import iter_record_batches
 from curation.records import Record, content_id
-from curation.score import classify_task, complexity_features, complexity_score
 from curation.stage import Stage, StageOutput
 
 log = logging.getLogger(__name__)

@@ -48,8 +48,8 @@ from curation.diversity import (
     verb_noun,
     verb_noun_stats,
 )
+from curation.features import classify_task, complexity_features, complexity_score
 from curation.records import Record
-from curation.score import classify_task, complexity_features, complexity_score
 from curation.stage import Drop, Stage, StageOutput
 
 _BLOCK = 1024

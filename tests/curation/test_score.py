@@ -8,18 +8,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from curation.features import TASK_TYPES, WEIGHTS, classify_task, complexity_features, complexity_score
 from curation.io import write_records
 from curation.records import Record
 from curation.runner import apply_stage, run_stage
-from curation.score import (
-    TASK_TYPES,
-    WEIGHTS,
-    ScoreConfig,
-    ScoreStage,
-    classify_task,
-    complexity_features,
-    complexity_score,
-)
+from curation.score import ScoreConfig, ScoreStage
 
 
 def chat(user: str, assistant: str = "OK.", *more: str, lang: str = "en", rid: str | None = None) -> Record:
