@@ -1,30 +1,54 @@
-"""The score stage: complexity, task type (:mod:`curation.features`) and optional embeddings per record."""
+"""The score stage: complexity, task type (:mod:`curation.features`), optional embeddings, and model-backed scorers.
+
+Built-in columns: ``complexity``, ``task_type``, ``complexity_features`` (and ``embedding_<model>``
+with ``embeddings: true``). Any scorer registered in :data:`curation.registry.SCORERS` is turned on
+by its name, with its settings: ``score: {ifd: {model: smollm2-135m-instruct}}`` in a recipe,
+``--set ifd.model=smollm2-135m-instruct`` on the command line; its columns are added next to the
+built-in ones, cached per row (see :mod:`curation.scorers`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.diversity import EmbeddingModel, embed_texts, embedding_column, embedding_text
+from curation.errors import ConfigError
 from curation.features import WEIGHTS, classify_task, complexity_features, complexity_score
 from curation.records import Record
+from curation.scorers import ScoreCache, Scorer, ScorerSettings, get_scorer, score_records, scorer_settings
 from curation.stage import Stage, StageOutput
 
 
 class ScoreConfig(BaseModel):
-    """Complexity + task type per record; optionally embeddings for selection."""
+    """Complexity + task type per record; optionally embeddings for selection; scorers by name.
 
-    model_config = ConfigDict(extra="forbid")
+    Every key besides the ones below names a registered scorer and holds its settings.
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     embeddings: bool = Field(False, description="also store instruction embeddings (for select)")
     embedding_model: EmbeddingModel = Field(
         "minilm",
         description="minilm (all-MiniLM-L6-v2, offline) or hashing (char n-grams, fast, any language)",
     )
+
+    @model_validator(mode="after")
+    def _scorer_sections(self) -> ScoreConfig:
+        extra = self.model_extra or {}
+        for name, raw in list(extra.items()):
+            extra[name] = scorer_settings(name, raw)
+        return self
+
+    def scorers(self) -> dict[str, ScorerSettings]:
+        """The scorers turned on, by registered name, with their settings."""
+        return dict(self.model_extra or {})
 
 
 class ScoreStage(Stage):
@@ -48,8 +72,25 @@ class ScoreStage(Stage):
                 **type(self).attr_fields,
                 embedding_column(self.config.embedding_model): pa.list_(pa.float32()),
             }
+        # model-backed scorers: one process-wide instance each (the model loads once per process)
+        self.scorers: dict[str, Scorer] = {n: get_scorer(n, st) for n, st in self.config.scorers().items()}
+        for name, scorer in self.scorers.items():
+            for col, typ in scorer.columns().items():
+                if col in self.attr_fields:
+                    raise ConfigError(f"score.{name}: column {col!r} is already written by the score stage")
+                self.attr_fields = {**self.attr_fields, col: typ}
+        self._caches: dict[str, ScoreCache | None] = {}  # opened on first use, in the process that scores
+        self._scorer_stats: dict[str, dict[str, Any]] = {n: {} for n in self.scorers}
         self._complexity_sum = 0.0
         self._hist = np.zeros(10, dtype=np.int64)
+
+    def fingerprint(self) -> str:
+        """The stage's fingerprint, plus every scorer's (which covers its model weights)."""
+        base = super().fingerprint()
+        if not self.scorers:
+            return base
+        parts = "|".join(f"{n}:{s.fingerprint()}" for n, s in sorted(self.scorers.items()))
+        return f"{base}-{hashlib.sha256(parts.encode()).hexdigest()[:8]}"
 
     def process(self, batch: list[Record]) -> StageOutput:
         for r in batch:
@@ -67,6 +108,13 @@ class ScoreStage(Stage):
             col = embedding_column(self.config.embedding_model)
             for r, e in zip(batch, emb, strict=True):
                 r.attrs[col] = e.tolist()
+        for name, scorer in self.scorers.items():
+            if name not in self._caches:
+                self._caches[name] = ScoreCache.for_scorer(name, scorer) if scorer.settings.cache else None
+            values = score_records(name, scorer, batch, self._caches[name], self._scorer_stats[name])
+            for col, vals in values.items():
+                for r, v in zip(batch, vals, strict=True):
+                    r.attrs[col] = v
         return StageOutput(kept=list(batch))
 
     def stats(self) -> dict[str, Any]:
@@ -75,7 +123,7 @@ class ScoreStage(Stage):
             k.split(":", 1)[1]: v for k, v in sorted(self.counters.items()) if k.startswith("task_type:")
         }
         langs = {k.split(":", 1)[1]: v for k, v in sorted(self.counters.items()) if k.startswith("lang:")}
-        return {
+        out = {
             "task_types": task_types,
             "langs": langs,
             "complexity_mean": round(self._complexity_sum / n, 4) if n else None,
@@ -85,3 +133,9 @@ class ScoreStage(Stage):
             "weights": WEIGHTS,
             "embeddings": embedding_column(self.config.embedding_model) if self.config.embeddings else None,
         }
+        if self.scorers:
+            # rows, cache_hits, scored, batches, load_seconds, score_seconds per scorer
+            out["scorers"] = {
+                n: {"columns": list(s.columns()), **self._scorer_stats[n]} for n, s in self.scorers.items()
+            }
+        return out
