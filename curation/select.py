@@ -1,8 +1,15 @@
 """Diversity-aware selection: keep the best rows that are not near-copies of rows already kept.
 
-Ranking score per row: ``quality x complexity`` (``attrs["quality"]`` defaults to 1.0 when no
-quality stage ran; ``complexity`` is computed on the fly when the score stage did not run). It is
-stored as ``selection_score``.
+Ranking score per row (``rank_by``), stored as ``selection_score``:
+
+- ``[quality, complexity]`` (the default, Deita-style): the product of the columns. ``quality``
+  counts as 1.0 when no quality stage ran; ``complexity`` is computed on the fly when the score
+  stage did not run.
+- one column, ``rank_by: ifd``: any numeric column a stage or a scorer wrote (IFD, a judge score).
+- ``{ifd: 0.7, quality: 0.3}``: the weighted sum; a negative weight ranks low values first.
+
+A row whose ranking column is empty (the scorer could not score it) ranks after every scored row;
+a column no input row has is a config error naming it.
 
 Methods (both deterministic: ties break by input order):
 
@@ -26,13 +33,14 @@ random-selection baseline at equal size.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.diversity import (
     EmbeddingModel,
@@ -48,6 +56,7 @@ from curation.diversity import (
     verb_noun,
     verb_noun_stats,
 )
+from curation.errors import ConfigError
 from curation.features import classify_task, complexity_features, complexity_score
 from curation.records import Record
 from curation.stage import Drop, Stage, StageOutput
@@ -72,8 +81,34 @@ class SelectConfig(BaseModel):
         description="auto (MiniLM for non-Chinese rows, hashing for Chinese rows, never compared across), "
         "minilm (semantic, English-centric) or hashing (char n-grams, any language, fast)",
     )
+    rank_by: str | list[str] | dict[str, float] = Field(
+        default_factory=lambda: ["quality", "complexity"],
+        description="ranking score: a column, a list of columns (their product) or {column: weight} "
+        "(the weighted sum); default quality x complexity",
+    )
     sample_rows: int = Field(2000, ge=10, description="rows sampled for the before/after diversity metrics")
     seed: int = 0
+
+    @field_validator("rank_by")
+    @classmethod
+    def _some_column(cls, v: str | list[str] | dict[str, float]) -> str | list[str] | dict[str, float]:
+        if not v:
+            raise ValueError("name at least one column to rank by")
+        return v
+
+    def rank_columns(self) -> tuple[list[str], list[float] | None]:
+        """(columns, weights): weights None means the product of the columns."""
+        if isinstance(self.rank_by, str):
+            return [self.rank_by], None
+        if isinstance(self.rank_by, dict):
+            return list(self.rank_by), list(self.rank_by.values())
+        return list(self.rank_by), None
+
+    def rank_description(self) -> str:
+        cols, weights = self.rank_columns()
+        if weights is None:
+            return " x ".join(cols)
+        return " + ".join(f"{w:g} x {c}" for c, w in zip(cols, weights, strict=True))
 
 
 class SelectStage(Stage):
@@ -101,6 +136,8 @@ class SelectStage(Stage):
         self._nn_sim = np.zeros(0, dtype=np.float32)
         self._nn_idx = np.zeros(0, dtype=np.int64)
         self._pos = 0
+        self._rank_seen: set[str] = set()
+        self._rank_missing = 0
         self._before_sample: set[int] = set()
         self._after_sample: set[int] = set()
         self._texts: dict[str, list[tuple[str, str]]] = {"before": [], "after": []}
@@ -110,6 +147,7 @@ class SelectStage(Stage):
         self._reset()
         col = embedding_column(self.config.embeddings)
         dim = embedding_dim(self.config.embeddings)
+        rank_cols, weights = self.config.rank_columns()
         ranks: list[np.ndarray] = []
         embs: list[np.ndarray] = []
         cplx: list[float] = []
@@ -121,8 +159,7 @@ class SelectStage(Stage):
                 c = r.attrs.get("complexity")
                 if c is None:
                     c = complexity_score(complexity_features(r))
-                q = r.attrs.get("quality")
-                r_batch[i] = (1.0 if q is None else float(q)) * float(c)
+                r_batch[i] = self._rank_value(r, float(c), rank_cols, weights)
                 cplx.append(float(c))
                 self._ids.append(r.id)
                 self._task.append(r.attrs.get("task_type") or classify_task(r))
@@ -134,6 +171,12 @@ class SelectStage(Stage):
             else:
                 e_batch = embed_records(batch, self.config.embeddings)
             embs.append(e_batch.astype(np.float16))
+        unseen = [c for c in rank_cols if c not in ("quality", "complexity") and c not in self._rank_seen]
+        if unseen and self._ids:
+            raise ConfigError(
+                f"select.rank_by: no input row has a column {unseen[0]!r}; turn on the scorer that writes it "
+                f"in the score stage (score: {{{unseen[0]}: {{...}}}}) or rank by another column"
+            )
         if ranks:
             self._rank = np.concatenate(ranks)
             self._emb = np.concatenate(embs)
@@ -150,9 +193,38 @@ class SelectStage(Stage):
         self._before_sample = set(sample_indices(n, m, self.config.seed).tolist())
         self._after_sample = set(kept[sample_indices(len(kept), m, self.config.seed)].tolist())
 
+    def _rank_value(self, r: Record, complexity: float, cols: list[str], weights: list[float] | None) -> float:
+        """The ranking score of one row (NaN when a ranking column is empty on it)."""
+        values = []
+        for col in cols:
+            if col == "complexity":
+                v: Any = complexity
+            elif col == "quality":
+                v = r.attrs.get("quality")
+                v = 1.0 if v is None else v
+            else:
+                if col in r.attrs:
+                    self._rank_seen.add(col)
+                v = r.attrs.get(col)
+                if v is None or (isinstance(v, float) and math.isnan(v)):
+                    self._rank_missing += 1
+                    return math.nan
+            if isinstance(v, str) or not isinstance(v, (int, float)):
+                raise ConfigError(f"select.rank_by: column {col!r} is not numeric (row {r.id}: {v!r})")
+            values.append(float(v))
+        if weights is not None:
+            return sum(w * v for w, v in zip(weights, values, strict=True))
+        score = values[0]
+        for v in values[1:]:
+            score *= v
+        return score
+
     def _order(self) -> np.ndarray:
-        """Row indices by descending ranking score, input order breaking ties."""
-        return np.lexsort((np.arange(len(self._rank)), -self._rank))
+        """Row indices by descending ranking score (unscored rows last), input order breaking ties."""
+        return np.lexsort((np.arange(len(self._rank)), -self._rank_key()))
+
+    def _rank_key(self) -> np.ndarray:
+        return np.where(np.isnan(self._rank), -np.inf, self._rank)
 
     def _select_score_first(self) -> np.ndarray:
         n = len(self._ids)
@@ -206,6 +278,7 @@ class SelectStage(Stage):
         # within the threshold of a centre never can be: they leave it every 32 steps, so later
         # steps scan fewer rows and no step copies the full matrix.
         active = np.arange(n)
+        rank_key = self._rank_key()
         xa = self._emb.astype(np.float32)
         sim_a = best_sim.copy()
         nn_a = nn.copy()
@@ -231,7 +304,7 @@ class SelectStage(Stage):
                 break
             tied = np.flatnonzero(sim_a == lowest)
             pos = (
-                int(tied[np.lexsort((active[tied], -self._rank[active[tied]]))[0]])
+                int(tied[np.lexsort((active[tied], -rank_key[active[tied]]))[0]])
                 if len(tied) > 1
                 else int(tied[0])
             )
@@ -254,7 +327,7 @@ class SelectStage(Stage):
                 )
             self._pos += 1
             rank = float(self._rank[p])
-            r.attrs["selection_score"] = round(rank, 6)
+            r.attrs["selection_score"] = None if math.isnan(rank) else round(rank, 6)
             if p in self._before_sample:
                 self._texts["before"].append((r.instruction(), r.lang))
             if self._keep[p]:
@@ -266,23 +339,25 @@ class SelectStage(Stage):
         return out
 
     def _drop(self, r: Record, p: int, rank: float) -> Drop:
+        # a row whose rank_by column is empty ranked last
+        score = f"score {rank:.4f}" if not math.isnan(rank) else f"no score ({self.config.rank_description()} empty)"
         thr = self.config.similarity_threshold
         sim, nn = float(self._nn_sim[p]), int(self._nn_idx[p])
         if nn >= 0 and sim >= thr:
             return Drop(
                 r,
                 "not_selected",
-                f"score {rank:.4f}; similarity {sim:.3f} >= {thr} to kept row {self._ids[nn]}",
+                f"{score}; similarity {sim:.3f} >= {thr} to kept row {self._ids[nn]}",
                 duplicate_of=self._ids[nn],
             )
         if np.isnan(sim):
             return Drop(
-                r, "not_selected", f"score {rank:.4f}; budget {self.config.budget} filled before this row"
+                r, "not_selected", f"{score}; budget {self.config.budget} filled before this row"
             )
         return Drop(
             r,
             "not_selected",
-            f"score {rank:.4f}; budget {self.config.budget} filled (nearest kept similarity {sim:.3f})",
+            f"{score}; budget {self.config.budget} filled (nearest kept similarity {sim:.3f})",
         )
 
     # --- report -------------------------------------------------------------------------------------
@@ -301,9 +376,9 @@ class SelectStage(Stage):
             "rows_selected": int(len(kept)),
             "budget": self.config.budget,
             "budget_shortfall": max(0, self.config.budget - len(kept)) if self.config.budget else 0,
-            "score_cutoff": round(float(self._rank[kept].min()), 6)
-            if self.config.budget and len(kept) >= self.config.budget
-            else None,
+            "score_cutoff": self._cutoff(kept),
+            "rank_by": self.config.rank_description(),
+            "rank_missing": self._rank_missing,
             "before": self._distribution(all_idx),
             "after": self._distribution(kept),
             "diversity": {
@@ -329,6 +404,14 @@ class SelectStage(Stage):
                 f"budget {self.config.budget} not filled (raise the threshold to fill it)"
             )
         return out
+
+    def _cutoff(self, kept: np.ndarray) -> float | None:
+        """The lowest ranking score kept when the budget was filled (rows without one left out)."""
+        if not (self.config.budget and len(kept) >= self.config.budget):
+            return None
+        scores = self._rank[kept]
+        scores = scores[~np.isnan(scores)]
+        return round(float(scores.min()), 6) if len(scores) else None
 
     def _distribution(self, idx: np.ndarray) -> dict[str, Any]:
         tasks = Counter(self._task[i] for i in idx)

@@ -7,8 +7,10 @@ import copy
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 
 from curation.diversity import embed_texts, embedding_metrics, embedding_text, nearest_neighbour_similarity
+from curation.errors import ConfigError
 from curation.ingest import ingest
 from curation.io import read_records, write_records
 from curation.records import Record
@@ -247,3 +249,61 @@ def test_diversity_report_on_a_redundant_and_a_varied_set() -> None:
     assert a["distinct_2"] > b["distinct_2"]
     assert a["mean_nn_similarity"] < b["mean_nn_similarity"] and b["nn_redundancy"] == 1.0
     assert a["verb_noun"]["distinct_verbs"] > b["verb_noun"]["distinct_verbs"]
+
+
+# --------------------------------------------------------------------------------------------------
+# rank_by
+
+
+def test_default_rank_by_is_quality_times_complexity() -> None:
+    rows = groups()
+    for i, r in enumerate(rows):
+        r.attrs["quality"] = 0.5 + (i % 3) / 10
+    kept_default, dropped_default, stats = select(rows, similarity_threshold=0.8)
+    kept_explicit, dropped_explicit, _ = select(rows, similarity_threshold=0.8, rank_by=["quality", "complexity"])
+    assert [(r.id, r.attrs["selection_score"]) for r in kept_default] == [
+        (r.id, r.attrs["selection_score"]) for r in kept_explicit
+    ]
+    assert [d.detail for d in dropped_default] == [d.detail for d in dropped_explicit]
+    assert all(r.attrs["selection_score"] == round(r.attrs["quality"] * r.attrs["complexity"], 6) for r in kept_default)
+    assert stats["extra"]["rank_by"] == "quality x complexity"
+
+
+def test_rank_by_any_score_column() -> None:
+    rows = groups()
+    for r in rows:  # a model score that prefers the plain variant (v0), unlike complexity (v1)
+        r.attrs["ifd"] = {"0": 0.9, "1": 0.2, "2": 0.5}[r.id[-1]]
+    kept, _, stats = select(rows, similarity_threshold=0.8, rank_by="ifd")
+    assert sorted(r.id for r in kept) == [f"t{t}v0" for t in range(5)]
+    assert all(r.attrs["selection_score"] == 0.9 for r in kept)
+    assert stats["extra"]["rank_by"] == "ifd"
+
+
+def test_rank_by_weighted_sum_and_negative_weight() -> None:
+    rows = groups()
+    for r in rows:
+        r.attrs["ifd"] = {"0": 0.9, "1": 0.2, "2": 0.5}[r.id[-1]]
+    # complexity 0.3/0.6/0.45 vs ifd 0.9/0.2/0.5: 0.5*c + 0.5*ifd = 0.6/0.4/0.475 -> v0
+    kept, _, stats = select(rows, similarity_threshold=0.8, rank_by={"complexity": 0.5, "ifd": 0.5})
+    assert sorted(r.id for r in kept) == [f"t{t}v0" for t in range(5)]
+    assert kept[0].attrs["selection_score"] == pytest.approx(0.6)
+    assert stats["extra"]["rank_by"] == "0.5 x complexity + 0.5 x ifd"
+    kept, _, _ = select(rows, similarity_threshold=0.8, rank_by={"ifd": -1.0})  # lowest ifd first
+    assert sorted(r.id for r in kept) == [f"t{t}v1" for t in range(5)]
+
+
+def test_rows_without_a_score_rank_last_and_a_missing_column_is_an_error() -> None:
+    rows = groups()
+    for r in rows:
+        r.attrs["ifd"] = None if r.id.endswith("v0") else 0.5
+    kept, dropped, stats = select(rows, similarity_threshold=0.99, budget=10, rank_by="ifd")
+    assert not any(r.id.endswith("v0") for r in kept)
+    unscored = [d for d in dropped if d.record.id.endswith("v0")]
+    assert unscored and all(d.detail.startswith("no score (ifd empty)") for d in unscored)
+    assert stats["extra"]["rank_missing"] == 5
+    with pytest.raises(ConfigError, match="no input row has a column 'judge'"):
+        select(groups(), rank_by="judge")
+    with pytest.raises(ConfigError, match="column 'task_type' is not numeric"):
+        select(groups(), rank_by="task_type")
+    with pytest.raises(ValidationError):
+        SelectConfig(rank_by=[])
