@@ -32,6 +32,8 @@ import logging
 import os
 import random
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -55,7 +57,7 @@ class ClassifierConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     epoch: int = Field(15, ge=1)
-    lr: float = Field(0.2, gt=0, description="0.5 diverged (NaN) or mis-trained on small sets in some processes")
+    lr: float = Field(0.2, gt=0, description="learning rate (halved and retried if training diverges)")
     word_ngrams: int = Field(2, ge=1, le=5)
     dim: int = Field(32, ge=2)
     # hashed n-gram buckets: the .bin is about bucket * dim * 4 bytes (200k x 32 -> 26 MB)
@@ -64,7 +66,7 @@ class ClassifierConfig(BaseModel):
     heldout_fraction: float = Field(
         0.1, gt=0, lt=0.9, description="rows held out (by content hash) for metrics"
     )
-    threads: int = Field(1, ge=1, description="1 keeps training deterministic")
+    threads: int = Field(1, ge=1, description="1 keeps training deterministic (more threads train hogwild)")
     seed: int = 0
     max_chars: int = Field(3000, ge=100, description="characters of the answer used (head + tail)")
     zh_tokenizer: Literal["char", "jieba"] = "char"
@@ -259,31 +261,32 @@ def train_classifier(
         train_file = os.path.join(tmp, "train.txt")
         with open(train_file, "w", encoding="utf-8") as fh:
             fh.write("\n".join(train_lines) + "\n")
-        # fastText can diverge ("Encountered NaN.") on small or very separable data: halve lr and retry
+        params = {
+            "input": train_file,
+            "epoch": cfg.epoch,
+            "wordNgrams": cfg.word_ngrams,
+            "dim": cfg.dim,
+            "bucket": cfg.bucket,
+            "minCount": cfg.min_count,
+            "thread": cfg.threads,
+            "seed": cfg.seed,
+            "verbose": 0,
+            "minn": 0,
+            "maxn": 0,
+            "loss": "softmax",
+        }
+        model_file = os.path.join(tmp, "model.bin")
+        # a safety net for real data: fastText can diverge ("Encountered NaN.") at a too high lr
         lr = cfg.lr
         for attempt in range(4):
-            try:
-                model = fasttext.train_supervised(
-                    input=train_file,
-                    epoch=cfg.epoch,
-                    lr=lr,
-                    wordNgrams=cfg.word_ngrams,
-                    dim=cfg.dim,
-                    bucket=cfg.bucket,
-                    minCount=cfg.min_count,
-                    thread=cfg.threads,
-                    seed=cfg.seed,
-                    verbose=0,
-                    minn=0,
-                    maxn=0,
-                    loss="softmax",
-                )
+            error = _train_fasttext({**params, "lr": lr}, model_file)
+            if error is None:
                 break
-            except RuntimeError as e:
-                if attempt == 3:
-                    raise ValueError(f"fastText training failed ({e}) even at lr {lr}; check the data") from None
-                log.warning("fastText diverged at lr %s (%s); retrying at lr %s", lr, e, lr / 2)
-                lr /= 2
+            if attempt == 3:
+                raise ValueError(f"fastText training failed ({error}) even at lr {lr}; check the data")
+            log.warning("fastText diverged at lr %s (%s); retrying at lr %s", lr, error, lr / 2)
+            lr /= 2
+        model = fasttext.load_model(model_file)
     scores = _p_hq(model, [line for line, _ in held])
     metrics = _binary_metrics(scores, [y for _, y in held])
     metrics.update(
@@ -309,6 +312,38 @@ def train_classifier(
     }
     write_json(metadata_path(out), meta)
     return metrics
+
+
+# Run in a fresh interpreter. fastText (this build) allocates the input matrix without initialising it
+# and, with thread=1, fills only its first 10% with random values: the rest is whatever the allocator
+# hands back. In a fresh process that is zero pages (upstream fastText zero-fills); in a process that
+# trained or freed large buffers before, it is old data, so the same data and seed gave a different
+# model on every call, sometimes one that diverged to NaN. A new process whose large allocations are
+# always fresh mmap pages (MALLOC_MMAP_THRESHOLD_) makes training a function of data + settings.
+_TRAIN_CHILD = """
+import json, sys
+import fasttext
+params, out = json.loads(sys.argv[1]), sys.argv[2]
+try:
+    model = fasttext.train_supervised(**params)
+except RuntimeError as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(3)
+model.save_model(out)
+"""
+
+
+def _train_fasttext(params: dict[str, Any], out: str) -> str | None:
+    """Train a fastText model with ``params`` into ``out`` in a fresh process; the error text if it diverged."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRAIN_CHILD, json.dumps(params), out], env=env, capture_output=True, text=True
+    )
+    if proc.returncode == 3:
+        return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "training failed"
+    if proc.returncode != 0:
+        raise RuntimeError(f"fastText training process failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return None
 
 
 def _p_hq(model: Any, lines: list[str]) -> list[float]:
