@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +23,7 @@ from curation.features import WEIGHTS, classify_task, complexity_features, compl
 from curation.records import Record
 from curation.scorers import ScoreCache, Scorer, ScorerSettings, get_scorer, score_records, scorer_settings
 from curation.stage import Stage, StageOutput
+from curation.stats import Figures, Mean, Same, Sum
 
 
 class ScoreConfig(BaseModel):
@@ -51,11 +52,28 @@ class ScoreConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ScoreFigures(Figures):
+    """What the score stage reports (``stats.json`` ``extra``)."""
+
+    task_types: Annotated[dict[str, int], Sum] = Field(default_factory=dict)
+    langs: Annotated[dict[str, int], Sum] = Field(default_factory=dict)
+    complexity_mean: Annotated[float | None, Mean] = None
+    complexity_histogram: Annotated[dict[str, int], Sum] = Field(default_factory=dict)
+    weights: Annotated[dict[str, float], Same] = Field(default_factory=dict)
+    #: the embedding column written (None: no embeddings)
+    embeddings: Annotated[str | None, Same] = None
+    #: per model-backed scorer: rows, cache_hits, scored, batches, load_seconds, score_seconds
+    scorers: Annotated[dict[str, dict[str, float]], Sum] = Field(default_factory=dict)
+    #: the columns each scorer writes
+    scorer_columns: Annotated[dict[str, list[str]], Same] = Field(default_factory=dict)
+
+
 class ScoreStage(Stage):
     """Adds ``complexity``, ``task_type``, ``complexity_features`` (and ``embedding_<model>``)."""
 
     name: ClassVar[str] = "score"
     Config: ClassVar[type[BaseModel]] = ScoreConfig
+    Figures: ClassVar[type[Figures]] = ScoreFigures
     version = 1
     attr_fields: ClassVar[dict[str, pa.DataType]] = {
         "complexity": pa.float64(),
@@ -80,7 +98,10 @@ class ScoreStage(Stage):
                     raise ConfigError(f"score.{name}: column {col!r} is already written by the score stage")
                 self.attr_fields = {**self.attr_fields, col: typ}
         self._caches: dict[str, ScoreCache | None] = {}  # opened on first use, in the process that scores
-        self._scorer_stats: dict[str, dict[str, Any]] = {n: {} for n in self.scorers}
+        self._scorer_stats: dict[str, dict[str, Any]] = {
+            n: {"rows": 0, "cache_hits": 0, "scored": 0, "batches": 0, "load_seconds": 0.0, "score_seconds": 0.0}
+            for n in self.scorers
+        }
         self._complexity_sum = 0.0
         self._hist = np.zeros(10, dtype=np.int64)
 
@@ -117,25 +138,19 @@ class ScoreStage(Stage):
                     r.attrs[col] = v
         return StageOutput(kept=list(batch))
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> ScoreFigures:
         n = int(self._hist.sum())
         task_types = {
             k.split(":", 1)[1]: v for k, v in sorted(self.counters.items()) if k.startswith("task_type:")
         }
         langs = {k.split(":", 1)[1]: v for k, v in sorted(self.counters.items()) if k.startswith("lang:")}
-        out = {
-            "task_types": task_types,
-            "langs": langs,
-            "complexity_mean": round(self._complexity_sum / n, 4) if n else None,
-            "complexity_histogram": {
-                f"{i / 10:.1f}-{(i + 1) / 10:.1f}": int(v) for i, v in enumerate(self._hist)
-            },
-            "weights": WEIGHTS,
-            "embeddings": embedding_column(self.config.embedding_model) if self.config.embeddings else None,
-        }
-        if self.scorers:
-            # rows, cache_hits, scored, batches, load_seconds, score_seconds per scorer
-            out["scorers"] = {
-                n: {"columns": list(s.columns()), **self._scorer_stats[n]} for n, s in self.scorers.items()
-            }
-        return out
+        return ScoreFigures(
+            task_types=task_types,
+            langs=langs,
+            complexity_mean=round(self._complexity_sum / n, 4) if n else None,
+            complexity_histogram={f"{i / 10:.1f}-{(i + 1) / 10:.1f}": int(v) for i, v in enumerate(self._hist)},
+            weights=WEIGHTS,
+            embeddings=embedding_column(self.config.embedding_model) if self.config.embeddings else None,
+            scorers={n: dict(st) for n, st in self._scorer_stats.items()},
+            scorer_columns={n: list(s.columns()) for n, s in self.scorers.items()},
+        )

@@ -25,7 +25,8 @@ content (:func:`curation.records.content_id`), looked up in a per-scorer SQLite 
 scored in batches of ``batch_size`` sorted by length (less padding), and every batch is committed
 as soon as it is scored, so a rerun, a scheduled run over a grown dataset or a resume after a crash
 only scores rows never seen. :func:`get_scorer` keeps one instance per (name, settings) per
-process: the model loads once per process, not once per batch, stage or shard.
+process (:meth:`curation.registry.Registry.instance`): the model loads once per process, not once
+per batch, stage or shard.
 """
 
 from __future__ import annotations
@@ -78,9 +79,10 @@ class Scorer:
     #: settings that do not change the values (left out of the fingerprint, so the cache survives them)
     not_in_fingerprint: ClassVar[frozenset[str]] = frozenset({"batch_size", "cache"})
 
-    def __init__(self, settings: ScorerSettings | None = None):
-        self.settings = settings if settings is not None else self.Settings()
-        self.loaded = False
+    def __init__(self, settings: ScorerSettings | None = None, **values: Any):
+        self.settings = settings if settings is not None else self.Settings(**values)
+        #: the weights_digest() of the weights loaded now (None: nothing loaded)
+        self.loaded_weights: str | None = None
 
     def columns(self) -> dict[str, pa.DataType]:
         """Attribute columns this scorer adds (name → arrow type)."""
@@ -118,15 +120,19 @@ class Scorer:
         raise NotImplementedError
 
     def ensure_loaded(self) -> float:
-        """:meth:`load` if not done yet in this process; returns the seconds it took (0 when loaded)."""
-        if self.loaded:
+        """:meth:`load` unless these weights are loaded already; returns the seconds it took (0 when loaded).
+
+        Weights replaced on disk (same path, new bytes) are loaded again, never scored with the old ones.
+        """
+        weights = self.weights_digest()
+        if self.loaded_weights == weights:
             return 0.0
         with _LOAD_LOCK:  # shards may run as threads of one process: one of them loads
-            if self.loaded:
+            if self.loaded_weights == weights:
                 return 0.0
             started = time.perf_counter()
             self.load()
-            self.loaded = True
+            self.loaded_weights = weights
             return time.perf_counter() - started
 
 
@@ -169,18 +175,10 @@ def scorer_settings(name: str, raw: Any) -> ScorerSettings:
         raise ConfigError(problems) from None
 
 
-_INSTANCES: dict[tuple[str, Any, str, str], Scorer] = {}
-
-
 def get_scorer(name: str, settings: ScorerSettings) -> Scorer:
-    """The process-wide instance of scorer ``name`` with these settings (its model loads once per process).
-
-    Keyed by the fingerprint too: weights changed on disk get a new instance, never the stale model.
-    """
-    cls = scorer_class(name)
-    fresh = cls(settings)  # cheap: nothing is loaded before the first row that misses the cache
-    key = (name, cls, settings.model_dump_json(), fresh.fingerprint())
-    return _INSTANCES.setdefault(key, fresh)
+    """The process-wide instance of scorer ``name`` with these settings (its model loads once per process)."""
+    scorer_class(name)  # a one-line error when the name is not a Scorer
+    return SCORERS.instance(name, **settings.model_dump(mode="json"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +60,7 @@ from curation.errors import ConfigError
 from curation.features import classify_task, complexity_features, complexity_score
 from curation.records import Record
 from curation.stage import Drop, Stage, StageOutput
+from curation.stats import Figures, Same, Sum
 
 _BLOCK = 1024
 
@@ -111,11 +112,36 @@ class SelectConfig(BaseModel):
         return " + ".join(f"{w:g} x {c}" for c, w in zip(cols, weights, strict=True))
 
 
+class SelectFigures(Figures):
+    """What the select stage reports. Selection ranks all rows at once, so it never runs on shards;
+    the merge rules only say what each figure is."""
+
+    method: Annotated[str, Same] = "score_first"
+    embeddings: Annotated[str, Same] = "auto"
+    rows_in: Annotated[int, Sum] = 0
+    rows_selected: Annotated[int, Sum] = 0
+    budget: Annotated[int | None, Same] = None
+    #: budget - rows selected, when not enough rows pass the similarity threshold
+    budget_shortfall: Annotated[int, Sum] = 0
+    #: the lowest ranking score kept when the budget was filled
+    score_cutoff: float | None = None
+    rank_by: Annotated[str, Same] = ""
+    #: rows whose rank_by column was empty (ranked last)
+    rank_missing: Annotated[int, Sum] = 0
+    #: distributions of all input rows / of the kept rows (task types, languages, complexity)
+    before: dict[str, Any] = Field(default_factory=dict)
+    after: dict[str, Any] = Field(default_factory=dict)
+    #: diversity of a random sample vs the selected sample, and their coverage of the input
+    diversity: dict[str, Any] = Field(default_factory=dict)
+    warning: str | None = None
+
+
 class SelectStage(Stage):
     """Keeps a high-scoring, diverse subset; the rest go to the ledger as ``not_selected``."""
 
     name: ClassVar[str] = "select"
     Config: ClassVar[type[BaseModel]] = SelectConfig
+    Figures: ClassVar[type[Figures]] = SelectFigures
     needs_fit: ClassVar[bool] = True
     version = 1
     attr_fields: ClassVar[dict[str, pa.DataType]] = {"selection_score": pa.float64()}
@@ -361,7 +387,7 @@ class SelectStage(Stage):
         )
 
     # --- report -------------------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> SelectFigures:
         n = len(self._ids)
         kept = np.flatnonzero(self._keep)
         before_idx = np.asarray(sorted(self._before_sample), dtype=np.int64)
@@ -403,7 +429,7 @@ class SelectStage(Stage):
                 f"only {len(kept)} rows pass similarity_threshold {self.config.similarity_threshold}; "
                 f"budget {self.config.budget} not filled (raise the threshold to fill it)"
             )
-        return out
+        return SelectFigures(**out)
 
     def _cutoff(self, kept: np.ndarray) -> float | None:
         """The lowest ranking score kept when the budget was filled (rows without one left out)."""

@@ -44,6 +44,17 @@ from __future__ import annotations
 
 from curation.quality.base import RULES, RuleResult, rule
 from curation.quality.rules import RulesConfig, rules_score, run_rules
-from curation.quality.stage import QualityConfig, QualityStage
+from curation.quality.stage import ClassifierFigures, QualityConfig, QualityFigures, QualityStage
 
-__all__ = ["RULES", "QualityConfig", "QualityStage", "RuleResult", "RulesConfig", "rule", "rules_score", "run_rules"]
+__all__ = [
+    "RULES",
+    "ClassifierFigures",
+    "QualityConfig",
+    "QualityFigures",
+    "QualityStage",
+    "RuleResult",
+    "RulesConfig",
+    "rule",
+    "rules_score",
+    "run_rules",
+]

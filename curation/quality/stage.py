@@ -6,7 +6,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Annotated, ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -15,6 +15,7 @@ from curation.quality.base import RuleResult
 from curation.quality.rules import RulesConfig, rule_plan, rules_score, run_plan
 from curation.records import Record
 from curation.stage import Drop, Stage, StageOutput
+from curation.stats import Concat, Figures, Histogram, Same, Sum
 
 
 class QualityConfig(BaseModel):
@@ -51,11 +52,37 @@ class QualityConfig(BaseModel):
         return self
 
 
+class ClassifierFigures(Figures):
+    """The classifier's part of the quality figures."""
+
+    model: Annotated[str | None, Same] = None
+    #: p(high quality) below which a row is dropped (the threshold, or the top-percent cut)
+    cutoff: Annotated[float | None, Same] = None
+    top_percent: Annotated[float | None, Same] = None
+    score_histogram: Histogram = Field(default_factory=Histogram)
+
+
+class QualityFigures(Figures):
+    """What the quality stage reports (``stats.json`` ``extra``)."""
+
+    #: rows dropped per rule: a row is dropped for its first rule (priority order)
+    dropped_by_rule: Annotated[dict[str, int], Sum] = Field(default_factory=dict)
+    #: every rule that fired, counted once per row (a row can fire several)
+    rules_fired: Annotated[dict[str, int], Sum] = Field(default_factory=dict)
+    #: the quality score of every row in
+    score_histogram: Histogram = Field(default_factory=Histogram)
+    dropped_examples: Annotated[dict[str, list[dict[str, str]]], Concat(cap="examples_per_reason")] = Field(
+        default_factory=dict
+    )
+    classifier: ClassifierFigures | None = None
+
+
 class QualityStage(Stage):
     """Scores every record (rules, optional classifier), then drops by rule or by classifier score."""
 
     name: ClassVar[str] = "quality"
     Config: ClassVar[type[BaseModel]] = QualityConfig
+    Figures: ClassVar[type[Figures]] = QualityFigures
     version = 1
     attr_fields: ClassVar[dict[str, pa.DataType]] = {
         "quality": pa.float64(),
@@ -170,25 +197,24 @@ class QualityStage(Stage):
                 }
             )
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> QualityFigures:
         bins = self.config.histogram_bins
         edges = [round(i / bins, 4) for i in range(bins + 1)]
-        out: dict[str, Any] = {
-            # a row is dropped for its first rule (RULES order); rules_fired counts every rule that fired
-            "dropped_by_rule": dict(sorted(self.dropped.items())),
-            "rules_fired": dict(sorted(self.fired.items())),
-            "score_histogram": {"edges": edges, "counts": self.histogram},
-            "dropped_examples": self.examples,
-            "classifier": None,
-        }
+        classifier = None
         if self.classifier is not None:
-            out["classifier"] = {
-                "model": self.config.model,
-                "cutoff": self.cutoff,
-                "top_percent": self.config.top_percent,
-                "score_histogram": {"edges": edges, "counts": self.model_histogram},
-            }
-        return out
+            classifier = ClassifierFigures(
+                model=self.config.model,
+                cutoff=self.cutoff,
+                top_percent=self.config.top_percent,
+                score_histogram=Histogram(edges=edges, counts=list(self.model_histogram)),
+            )
+        return QualityFigures(
+            dropped_by_rule=dict(sorted(self.dropped.items())),
+            rules_fired=dict(sorted(self.fired.items())),
+            score_histogram=Histogram(edges=edges, counts=list(self.histogram)),
+            dropped_examples=self.examples,
+            classifier=classifier,
+        )
 
 
-__all__ = ["QualityConfig", "QualityStage"]
+__all__ = ["ClassifierFigures", "QualityConfig", "QualityFigures", "QualityStage"]

@@ -481,3 +481,21 @@ def test_rules_config_is_built_from_the_registry_in_priority_order() -> None:
     assert list(RulesConfig.model_fields) == with_settings
     assert with_settings[:4] == ["empty", "too_short", "too_long", "placeholder"]
     assert RULES["pii"].flag_only and RULES["pii"].config is None
+
+
+def test_figures_of_shards_merge_to_the_serial_figures(tmp_path) -> None:
+    from curation.quality import QualityFigures
+    from curation.runner import ShardedExecutor
+
+    recs = [chat(EN_Q, EN_A, f"ok{i}") for i in range(5)] + [chat(EN_Q, "TODO", f"p{i}") for i in range(4)]
+    recs += [chat(ZH_Q, "抱歉，我无法回答这个问题。", f"r{i}") for i in range(3)]
+    src = tmp_path / "in.parquet"
+    write_records(src, recs)
+    cfg = QualityConfig(examples_per_reason=2)
+    serial = run_stage(QualityStage(cfg), src, tmp_path / "serial")
+    sharded = run_stage(QualityStage(cfg), src, tmp_path / "sharded", executor=ShardedExecutor(3))
+    assert sharded.shards == 3
+    a, b = serial.figures(QualityFigures), sharded.figures(QualityFigures)
+    assert a.rules_fired == b.rules_fired == {"placeholder": 4, "refusal": 3}
+    assert a.score_histogram == b.score_histogram
+    assert {k: len(v) for k, v in b.dropped_examples.items()} == {"placeholder": 2, "refusal": 2}

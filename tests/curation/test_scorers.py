@@ -15,14 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation import scorers
+from curation import registry, scorers
 from curation.errors import ConfigError
 from curation.io import write_records
-from curation.pipeline import build_stage
 from curation.records import Record
 from curation.registry import SCORERS
+from curation.runner import apply_stage, run_stage
 from curation.scorers import Scorer, ScorerSettings, model_weights_digest
-from curation.stage import apply_stage, run_stage
+from curation.stage import build_stage
 
 
 class FakeSettings(ScorerSettings):
@@ -58,7 +58,7 @@ def fake(tmp_path, monkeypatch) -> Path:
     """Registers the fake scorer, isolates the cache, and starts a fresh 'process' (no instances)."""
     monkeypatch.setenv("SFTFLOW_CACHE", str(tmp_path / "cache"))
     monkeypatch.setitem(SCORERS, "fake", FakeScorer)
-    monkeypatch.setattr(scorers, "_INSTANCES", {})
+    monkeypatch.setattr(registry, "_INSTANCES", {})
     FakeScorer.loads = 0
     FakeScorer.batches = []
     weights = tmp_path / "weights.txt"
@@ -82,7 +82,7 @@ def stage(weights: Path, **settings: Any):
 
 
 def scorer_stats(stats: dict) -> dict:
-    return stats["extra"]["scorers"]["fake"]
+    return stats.extra["scorers"]["fake"]
 
 
 def test_configured_by_name_adds_its_columns_and_values(fake, tmp_path) -> None:
@@ -94,8 +94,8 @@ def test_configured_by_name_adds_its_columns_and_values(fake, tmp_path) -> None:
     assert table.schema.field("fake_score").type == pa.float64()
     texts = [r.full_text() for r in rows(10)]
     assert table.column("fake_score").to_pylist() == [float(len(t)) for t in texts]
+    assert stats.extra["scorer_columns"] == {"fake": ["fake_score", "fake_label"]}
     assert scorer_stats(stats) | {"load_seconds": 0, "score_seconds": 0} == {
-        "columns": ["fake_score", "fake_label"],
         "rows": 10,
         "cache_hits": 0,
         "scored": 10,
@@ -109,11 +109,10 @@ def test_rerun_is_served_from_the_cache_with_identical_output(fake, tmp_path) ->
     src = tmp_path / "in.parquet"
     write_records(src, rows(10))
     run_stage(stage(fake), src, tmp_path / "a")
-    monkey_instances = scorers._INSTANCES
-    monkey_instances.clear()  # a new process: nothing loaded
+    registry._INSTANCES.clear()  # a new process: nothing loaded
     FakeScorer.loads = 0
     stats = run_stage(stage(fake), src, tmp_path / "b")
-    assert scorer_stats(stats)["cache_hits"] == 10 and "scored" not in scorer_stats(stats)
+    assert scorer_stats(stats)["cache_hits"] == 10 and scorer_stats(stats)["scored"] == 0
     assert FakeScorer.loads == 0  # a fully cached run never loads the model
     assert (tmp_path / "a" / "output.parquet").read_bytes() == (tmp_path / "b" / "output.parquet").read_bytes()
 
@@ -206,3 +205,17 @@ def test_cli_set_turns_a_scorer_on(fake, tmp_path, monkeypatch, capsys) -> None:
         cli.main()
     assert e.value.code == 2
     assert "fake.model: Field required" in capsys.readouterr().err
+
+
+def test_shards_share_the_process_model_and_their_figures_merge(fake, tmp_path) -> None:
+    from curation.runner import ShardedExecutor
+
+    src = tmp_path / "in.parquet"
+    write_records(src, rows(12))
+    serial = run_stage(stage(fake, cache=False), src, tmp_path / "serial")
+    sharded = run_stage(stage(fake, cache=False), src, tmp_path / "sharded", executor=ShardedExecutor(3))
+    assert sharded.shards == 3 and FakeScorer.loads == 1
+    assert (tmp_path / "serial" / "output.parquet").read_bytes() == (tmp_path / "sharded" / "output.parquet").read_bytes()
+    assert scorer_stats(sharded)["scored"] == scorer_stats(serial)["scored"] == 12
+    assert scorer_stats(sharded)["batches"] == 3  # one per shard
+    assert sharded.extra["task_types"] == serial.extra["task_types"]

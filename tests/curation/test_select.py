@@ -266,7 +266,7 @@ def test_default_rank_by_is_quality_times_complexity() -> None:
     ]
     assert [d.detail for d in dropped_default] == [d.detail for d in dropped_explicit]
     assert all(r.attrs["selection_score"] == round(r.attrs["quality"] * r.attrs["complexity"], 6) for r in kept_default)
-    assert stats["extra"]["rank_by"] == "quality x complexity"
+    assert stats.extra["rank_by"] == "quality x complexity"
 
 
 def test_rank_by_any_score_column() -> None:
@@ -276,7 +276,7 @@ def test_rank_by_any_score_column() -> None:
     kept, _, stats = select(rows, similarity_threshold=0.8, rank_by="ifd")
     assert sorted(r.id for r in kept) == [f"t{t}v0" for t in range(5)]
     assert all(r.attrs["selection_score"] == 0.9 for r in kept)
-    assert stats["extra"]["rank_by"] == "ifd"
+    assert stats.extra["rank_by"] == "ifd"
 
 
 def test_rank_by_weighted_sum_and_negative_weight() -> None:
@@ -287,7 +287,7 @@ def test_rank_by_weighted_sum_and_negative_weight() -> None:
     kept, _, stats = select(rows, similarity_threshold=0.8, rank_by={"complexity": 0.5, "ifd": 0.5})
     assert sorted(r.id for r in kept) == [f"t{t}v0" for t in range(5)]
     assert kept[0].attrs["selection_score"] == pytest.approx(0.6)
-    assert stats["extra"]["rank_by"] == "0.5 x complexity + 0.5 x ifd"
+    assert stats.extra["rank_by"] == "0.5 x complexity + 0.5 x ifd"
     kept, _, _ = select(rows, similarity_threshold=0.8, rank_by={"ifd": -1.0})  # lowest ifd first
     assert sorted(r.id for r in kept) == [f"t{t}v1" for t in range(5)]
 
@@ -300,7 +300,7 @@ def test_rows_without_a_score_rank_last_and_a_missing_column_is_an_error() -> No
     assert not any(r.id.endswith("v0") for r in kept)
     unscored = [d for d in dropped if d.record.id.endswith("v0")]
     assert unscored and all(d.detail.startswith("no score (ifd empty)") for d in unscored)
-    assert stats["extra"]["rank_missing"] == 5
+    assert stats.extra["rank_missing"] == 5
     with pytest.raises(ConfigError, match="no input row has a column 'judge'"):
         select(groups(), rank_by="judge")
     with pytest.raises(ConfigError, match="column 'task_type' is not numeric"):
