@@ -740,7 +740,7 @@ def resolve_documents(config: DecontamConfig) -> DocumentSource:
     try:
         return provider(config.suite, config.data_dir, skip_missing=config.skip_missing)
     except SftflowError as e:
-        raise DecontamError(f"decontam: {e} (set decontam.skip_missing: true to skip it, reported)") from None
+        raise DecontamError(f"decontam: {e} (skip_missing: true / --skip-missing skips it and reports it)") from None
 
 
 def index_key(docs: DocumentSource, config: DecontamConfig) -> str:
@@ -791,7 +791,7 @@ def load_or_build_index(
                 if not config.skip_missing:
                     raise DecontamError(
                         f"decontam: benchmark {s.benchmark} ({s.location}): {e} "
-                        "(set decontam.skip_missing: true to skip it, reported)"
+                        "(skip_missing: true / --skip-missing skips it and reports it)"
                     ) from None
                 read_skips[s.benchmark] = str(e)
 

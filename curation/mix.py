@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import array
 import hashlib
+import itertools
 import logging
 import math
 import re
@@ -44,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from curation.decontam import DecontamConfig, DecontamStage
 from curation.errors import SftflowError
 from curation.features import classify_task, complexity_features, complexity_score
 from curation.ingest import IngestConfig, RowError, SourceError, expand_sources, iter_raw_rows, row_to_record
@@ -93,6 +95,11 @@ class MixConfig(BaseModel):
         default_factory=dict, description="ingest field map for the general files"
     )
     batch_size: int = Field(2048, ge=1)
+    decontam: DecontamConfig | None = Field(
+        None,
+        description="drop general rows holding a benchmark item (a recipe with a decontam stage fills this "
+        "with that stage's settings; null turns it off)",
+    )
 
     @field_validator("general")
     @classmethod
@@ -118,6 +125,9 @@ class MixStage(Stage):
         self._task_types: Counter[str] = Counter()
         self._task_id_hashes = array.array("Q")  # 8 bytes per task row, for id collisions
         self._report: dict[str, Any] = {}
+        self._decontam: DecontamStage | None = None
+        self._pool_removed: Counter[str] = Counter()
+        self._pool_examples: list[dict[str, Any]] = []
 
     def process(self, batch: list[Record]) -> StageOutput:
         for r in batch:
@@ -160,6 +170,34 @@ class MixStage(Stage):
                 seen[base] += 1
             yield rec, ""
 
+    def _decontaminated(self, rows: Iterator[tuple[Record | None, str]]) -> Iterator[tuple[Record | None, str]]:
+        """The pool rows, those holding a benchmark item turned into bad rows (reason ``contaminated``).
+
+        Only the first pass needs this: a row that is no stratum member is never chosen in the second.
+        """
+        if self.config.decontam is None:
+            yield from rows
+            return
+        if self._decontam is None:
+            self._decontam = DecontamStage(self.config.decontam)
+        chunk: list[tuple[Record | None, str]] = []
+        for row in itertools.chain(rows, [None]):  # None flushes the last chunk
+            if row is not None:
+                chunk.append(row)
+                if len(chunk) < self.config.batch_size:
+                    continue
+            matches = iter(self._decontam.check([r for r, _ in chunk if r is not None]))
+            for r, reason in chunk:
+                m = next(matches) if r is not None else None
+                if m is not None:
+                    self._pool_removed[m.benchmark] += 1
+                    if len(self._pool_examples) < 5:
+                        self._pool_examples.append({"id": r.id, "source": r.source, "line": r.line, **m.as_dict()})
+                    yield None, "contaminated"
+                else:
+                    yield r, reason
+            chunk = []
+
     def _scan(
         self, sources: list[str]
     ) -> tuple[dict[tuple[int, str], np.ndarray], np.ndarray, dict[str, Any]]:
@@ -169,7 +207,7 @@ class MixStage(Stage):
         bad: dict[str, Counter] = {}
         pos = 0
         for s_idx, path in enumerate(sources):
-            for rec, reason in self._iter_pool(path):
+            for rec, reason in self._decontaminated(self._iter_pool(path)):
                 if rec is None:
                     bad.setdefault(path, Counter())[reason] += 1
                     tokens.append(0)
@@ -212,6 +250,17 @@ class MixStage(Stage):
         self._report.update(
             pool_rows=int(sum(len(v) for v in strata.values())), pool_total=pool_total, pool_bad_rows=bad
         )
+        if self._decontam is not None:
+            idx = self._decontam.stats().index
+            self._report["pool_decontam"] = {
+                "suite": self.config.decontam.suite,
+                "index": idx.key,
+                "benchmarks": idx.benchmarks,
+                "skipped": idx.skipped,
+                "removed": sum(self._pool_removed.values()),
+                "removed_per_benchmark": dict(sorted(self._pool_removed.items())),
+                "examples": self._pool_examples,
+            }
         if pool_total < target:
             self._fail_or_warn(
                 f"mix: the general pool has {pool_total} {unit} ({len(sources)} source(s)) but ratio {cfg.ratio} "
@@ -304,6 +353,13 @@ class MixStage(Stage):
 
     def stats(self) -> dict[str, Any]:
         return dict(self._report)
+
+    def fingerprint(self) -> str:
+        if self.config.decontam is None:
+            return super().fingerprint()
+        # the benchmark files decide which pool rows may be replayed: editing them reruns the mix
+        key = DecontamStage(self.config.decontam).key()
+        return hashlib.sha256(f"{super().fingerprint()}|{key}".encode()).hexdigest()[:16]
 
 
 def _water_fill(total: int, shares: dict[Any, int], capacity: dict[Any, int]) -> dict[Any, int]:

@@ -189,6 +189,34 @@ def quality(
 
 
 @app.command()
+def decontam(
+    files: list[str] = typer.Argument(..., help="records parquet or any ingestable files"),
+    out: Path = typer.Option(..., "--out", help="output folder"),
+    suite: str = typer.Option("full", "--suite", help="eval suite (or comma-separated tasks): every item is checked"),
+    data_dir: str | None = typer.Option(
+        None, "--data-dir", help="local benchmark copies, as for eval (default $SFTFLOW_DATA_DIR, else the hub)"
+    ),
+    skip_missing: bool = typer.Option(False, "--skip-missing", help="skip (and report) benchmarks without data"),
+    sets: list[str] = typer.Option([], "--set", help="key=value config overrides, e.g. ngram=10"),
+) -> None:
+    """Drop rows containing an item of any benchmark of an eval suite (reason `contaminated`)."""
+    cfg: dict[str, Any] = {"suite": suite}
+    if data_dir:
+        cfg["data_dir"] = str(Path(data_dir).expanduser().resolve())
+    if skip_missing:
+        cfg["skip_missing"] = True
+    _run_single_stage("decontam", files, out, cfg, sets)
+    from curation.decontam import DecontamFigures
+    from curation.io import read_json
+    from flows.summary import print_contamination
+
+    stats_files = sorted(out.glob("*_decontam/stats.json"))
+    if stats_files:
+        extra = read_json(stats_files[-1]).get("extra", {})
+        print_contamination(DecontamFigures.model_validate(extra), out_console)
+
+
+@app.command()
 def score(files: list[str] = typer.Argument(...), out: Path = typer.Option(..., "--out"),
           sets: list[str] = typer.Option([], "--set")) -> None:
     """Complexity, task type and diversity features for every record."""

@@ -38,6 +38,8 @@ def replay_arm(recipe: Recipe, run_dir: Path, train_data: Path, heldout: Path, r
     exp = recipe.experiment
     arm = run_dir / f"ratio_{ratio:g}"
     mix_cfg = {"general": recipe.resolve_paths(exp.general), "ratio": ratio, "seed": exp.seed, "by": exp.by}
+    if (decontam := recipe.decontam_settings()) is not None:
+        mix_cfg["decontam"] = decontam  # the replayed general rows are checked like the task rows
     mix_stats = run_stage(build_stage("mix", mix_cfg), train_data, arm / "mix", resume=True)
     from evals.run import evaluate
     from training.sft import train

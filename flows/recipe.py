@@ -94,18 +94,39 @@ class Recipe(BaseModel):
     # --- typed views (validated lazily so a curation-only recipe never imports torch) ----------
     def stage_list(self) -> list[tuple[str, BaseModel]]:
         out = []
+        decontam = self.decontam_settings()
         for i, entry in enumerate(self.stages):
             (name, cfg) = next(iter(entry.items()))
-            cfg = dict(cfg or {})
+            cfg = self._stage_config(name, cfg)
             cls = stage_class(name)
-            for key in _path_keys(cls.Config):
-                if cfg.get(key):
-                    cfg[key] = self.resolve_paths(cfg[key])
+            if name == "mix" and decontam is not None and "decontam" not in cfg:
+                cfg["decontam"] = decontam  # the general pool is checked against the same benchmarks
             try:
                 out.append((name, cls.Config.model_validate(cfg)))
             except ValidationError as e:
                 raise ConfigError(format_validation_error(e, prefix=f"stages[{i}].{name}")) from None
         return out
+
+    def _stage_config(self, name: str, cfg: dict[str, Any] | None) -> dict[str, Any]:
+        cfg = dict(cfg or {})
+        for key in _path_keys(stage_class(name).Config):
+            if cfg.get(key):
+                cfg[key] = self.resolve_paths(cfg[key])
+        if name == "decontam" and not cfg.get("data_dir") and (self.eval or {}).get("data_dir"):
+            # the benchmark copies the eval reads are the ones to keep out of the training data
+            cfg["data_dir"] = str(self.resolve(self.eval["data_dir"]))
+        return cfg
+
+    def decontam_settings(self) -> dict[str, Any] | None:
+        """The (first) decontam stage's settings, paths resolved; None when the recipe has no decontam stage.
+
+        A mix stage (and an experiment's replay mix) decontaminates its general pool with them.
+        """
+        for entry in self.stages:
+            (name, cfg) = next(iter(entry.items()))
+            if name == "decontam":
+                return self._stage_config(name, cfg)
+        return None
 
     def train_config(self, **overrides: Any):
         from training.config import TrainConfig
@@ -154,7 +175,7 @@ class Recipe(BaseModel):
 
 def _path_keys(config_cls: type[BaseModel]) -> list[str]:
     """Config fields that hold file paths (resolved against the recipe folder)."""
-    return [k for k in ("general", "index", "model") if k in config_cls.model_fields]
+    return [k for k in ("general", "index", "model", "data_dir") if k in config_cls.model_fields]
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -82,6 +82,23 @@ def print_curation(summary: CurateSummary, console: Console | None = None) -> No
     console.print(t)
 
 
+def print_contamination(fig: Any, console: Console | None = None) -> None:
+    """The decontam stage's figures (:class:`curation.decontam.DecontamFigures`) in a few lines."""
+    console = console or Console()
+    idx = fig.index
+    removed = sum(fig.removed_per_benchmark.values())
+    per = ", ".join(f"{b} {n}" for b, n in sorted(fig.removed_per_benchmark.items(), key=lambda kv: -kv[1]))
+    console.print(
+        f"Decontaminated against suite {fig.suite!r}: {len(idx.benchmarks)} benchmarks, {idx.documents} texts "
+        f"(index {'/'.join(idx.cache) or '?'}, {idx.seconds:.1f} s); {removed} rows removed" + (f" ({per})" if per else "")
+    )
+    for bench, why in idx.skipped.items():
+        console.print(f"[yellow]skipped[/] {bench}: {why}", soft_wrap=True, highlight=False)
+    for bench, examples in fig.examples.items():
+        for e in examples[:1]:
+            console.print(f"  {bench} item {e['item']} ({e['field']}): \"{e['span'][:100]}\"", highlight=False)
+
+
 def print_verdict(verdict: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     colour = {"PASS": "green", "REGRESSED": "red"}.get(verdict.get("verdict"), "yellow")

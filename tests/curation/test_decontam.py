@@ -347,3 +347,36 @@ def test_stage_on_real_planted_rows_through_the_runner(full_stage, planted, shar
     planted_ids = {r.id for r in planted[:120]}
     assert sum(r["id"] in planted_ids for r in led) >= 0.9 * 120
     assert sum(r["id"] not in planted_ids for r in led) <= 3
+
+
+# ------------------------------------------------------------------------------------------------
+# the mixer's general pool
+
+
+def test_mix_general_pool_is_decontaminated(tmp_path, monkeypatch):
+    from curation.mix import MixConfig, MixStage
+
+    monkeypatch.setenv("SFTFLOW_CACHE", str(tmp_path / "cache"))
+    data = tiny_benchmarks(tmp_path / "data")
+    pool = tmp_path / "general.jsonl"
+    lines = [{"instruction": f"Name a colour, number {i}.", "output": "Blue."} for i in range(20)]
+    lines[4] = {"instruction": "Which gas do plants take in from the air to make their food?", "output": "CO2"}
+    lines[9] = {"instruction": "Quiz", "input": "which piece of safety equipment keeps mold spores out of the lungs",
+                "output": "mask"}
+    pool.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    task = [rec(f"t{i}", f"Task question {i}?", "Answer.") for i in range(18)]
+    dc = DecontamConfig(suite="arc_easy", data_dir=str(data))
+    # ratio 0.5 of 18 task rows asks for 18 general rows: exactly the clean part of the pool
+    stage = MixStage(MixConfig(general=[str(pool)], ratio=0.5, decontam=dc))
+    kept, _, stats = apply_stage(stage, task)
+    general = [r for r in kept if r.attrs["mix_source"] == "general"]
+    assert len(general) == 18
+    assert not any("plants" in r.full_text() or "mold" in r.full_text() for r in general)
+    report = stats.extra["pool_decontam"]
+    assert report["removed"] == 2 and report["removed_per_benchmark"] == {"arc_easy": 2}
+    assert stats.extra["pool_bad_rows"] == {str(pool): {"contaminated": 2}}
+    # without decontamination the two rows are in the pool (and can be replayed)
+    plain = MixStage(MixConfig(general=[str(pool)], ratio=0.5, strict=False))
+    kept, _, _ = apply_stage(plain, task)
+    assert sum(r.attrs["mix_source"] == "general" for r in kept) == 18
+    assert MixStage(MixConfig(general=[str(pool)], decontam=dc)).fingerprint() != plain.fingerprint()

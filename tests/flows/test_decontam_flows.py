@@ -1,0 +1,86 @@
+"""Decontamination from the top layer: the `sftflow decontam` command and the recipe wiring."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from flows.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+SFTFLOW = [str(Path(sys.executable).parent / "sftflow")]
+
+
+def _run(*args: str, env_cache: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "SFTFLOW_CACHE": str(env_cache)}
+    return subprocess.run([*SFTFLOW, *args], capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+
+
+def _benchmarks(root: Path) -> Path:
+    (root / "arc").mkdir(parents=True)
+    row = {"query": "Question: Which gas do plants take in from the air to make their food?",
+           "choices": ["oxygen", "nitrogen", "carbon dioxide", "helium"], "gold": 2}
+    (root / "arc" / "arc_easy.jsonl").write_text(json.dumps(row) + "\n")
+    return root
+
+
+def test_decontam_command_drops_names_and_balances(tmp_path):
+    data = _benchmarks(tmp_path / "bench")
+    src = tmp_path / "in.jsonl"
+    rows = [
+        {"instruction": "Write a haiku about rain.", "output": "Drops."},
+        {"instruction": "Help with homework", "input": "which gas do plants take in from the air to make their food",
+         "output": "Carbon dioxide."},
+        {"instruction": "What is 2+2?", "output": "4"},
+    ]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = _run("decontam", str(src), "--out", str(tmp_path / "out"), "--suite", "arc_easy", "--data-dir", str(data),
+               env_cache=tmp_path / "cache")
+    assert res.returncode == 0, res.stderr
+    assert "contaminated=1" in res.stdout and "1 rows removed (arc_easy 1)" in res.stdout
+    out = tmp_path / "out"
+    assert pq.read_metadata(out / "output.parquet").num_rows == 2
+    led = pq.read_table(out / "ledger.parquet").to_pylist()
+    assert [r["reason"] for r in led] == ["contaminated"] and led[0]["detail"].startswith("arc_easy item 0 question")
+    stats = json.loads((out / "01_decontam" / "stats.json").read_text())
+    assert stats["extra"]["removed_per_benchmark"] == {"arc_easy": 1}
+
+
+def test_decontam_command_missing_benchmark_is_one_line(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"instruction": "hi", "output": "yo"}) + "\n")
+    res = _run("decontam", str(src), "--out", str(tmp_path / "out"), "--suite", "general_probe,cmmlu",
+               "--data-dir", str(tmp_path / "none"), env_cache=tmp_path / "cache")
+    assert res.returncode == 2
+    assert str(tmp_path / "none" / "cmmlu" / "test") in res.stderr and "Traceback" not in res.stderr
+    res = _run("decontam", str(src), "--out", str(tmp_path / "out2"), "--suite", "general_probe,cmmlu",
+               "--data-dir", str(tmp_path / "none"), "--skip-missing", env_cache=tmp_path / "cache")
+    assert res.returncode == 0, res.stderr
+    assert "skipped cmmlu" in res.stdout
+
+
+def test_recipe_decontam_uses_eval_data_and_checks_the_mix_pool(tmp_path):
+    (tmp_path / "bench").mkdir()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "sources: [x.jsonl]\n"
+        "stages:\n  - decontam: {}\n  - mix: {general: [g.jsonl], ratio: 0.1}\n"
+        "eval: {suite: quick, data_dir: bench}\n"
+    )
+    r = load_recipe(recipe)
+    stages = dict(r.stage_list())
+    assert stages["decontam"].data_dir == str(tmp_path / "bench")  # the eval's copies, resolved
+    assert stages["mix"].decontam == stages["decontam"]  # the general pool: the same benchmarks, same index
+    # an explicit null turns the pool check off; an explicit data_dir resolves against the recipe folder
+    recipe.write_text(
+        "sources: [x.jsonl]\n"
+        "stages:\n  - decontam: {data_dir: other, suite: quick}\n  - mix: {general: [g.jsonl], decontam: null}\n"
+    )
+    stages = dict(load_recipe(recipe).stage_list())
+    assert stages["decontam"].data_dir == str(tmp_path / "other") and stages["mix"].decontam is None
