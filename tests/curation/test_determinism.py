@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+import flows  # noqa: F401  (registers the services the demo stages ask for, e.g. decontam's benchmarks)
 from curation import pipeline
 from curation.stage import stage_class
 
@@ -118,7 +119,7 @@ def test_same_bytes_at_any_batch_size(tmp_path):
 def test_same_bytes_in_processes_with_other_hash_seeds(tmp_path):
     """Set and dict-of-str iteration order changes with PYTHONHASHSEED; the output must not."""
     sources, stages = _demo()
-    code = ("import json, sys\nfrom curation import pipeline\na = json.loads(sys.argv[1])\n"
+    code = ("import json, sys\nimport flows\nfrom curation import pipeline\na = json.loads(sys.argv[1])\n"
             "pipeline.curate(a['sources'], [tuple(s) for s in a['stages']], a['run'])")
     runs = []
     for hash_seed in ("1", "2"):

@@ -30,6 +30,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+import flows  # noqa: F401  (registers the services the demo stages ask for, e.g. decontam's benchmarks)
 from curation import pipeline
 from curation.records import Record
 from curation.registry import STAGES
@@ -121,6 +122,7 @@ TOY_RECIPE = [["keep_long", {"min_chars": 12}], ["top_k", {"k": 20}], ["pad", {"
 # Runs pipeline.curate in a child process (so os._exit / SIGKILL end only the child).
 DRIVER = """
 import json, sys
+import flows  # registers the services stages ask for (decontam's benchmark documents), as every entry point does
 from curation import pipeline
 from curation.registry import STAGES
 args = json.loads(sys.argv[1])
