@@ -33,10 +33,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import flows  # noqa: E402,F401  (registers the benchmark_documents service)
 from curation.decontam import DecontamConfig, DecontamIndex  # noqa: E402
-from curation.decontam_planted import HARD_VARIANTS, VARIANTS, plant  # noqa: E402
-from curation.quality_junk import load_clean_records  # noqa: E402
 from curation.records import Record, detect_lang  # noqa: E402
 from evals.benchmarks import benchmark_documents  # noqa: E402
+from tests.curation.decontam_planted import HARD_VARIANTS, VARIANTS, plant  # noqa: E402
+from tests.curation.quality_junk import load_clean_records  # noqa: E402
 
 DATA = Path(os.environ.get("SFTFLOW_DATA_DIR", REPO.parent / "shared" / "data"))
 #: benchmarks whose items are the same questions (a drop naming either is right)

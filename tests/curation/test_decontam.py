@@ -23,12 +23,12 @@ from curation.decontam import (
     match_units,
     units_of,
 )
-from curation.decontam_planted import VARIANTS, plant, strip_punctuation
 from curation.io import read_records, write_records
-from curation.quality_junk import load_clean_records
 from curation.records import Record
 from curation.runner import apply_stage, run_stage
 from evals.benchmarks import benchmark_documents
+from tests.curation.decontam_planted import VARIANTS, plant, strip_punctuation
+from tests.curation.quality_junk import load_clean_records
 
 # TruthfulQA MC1 and MC2 are the same questions: a drop naming either names the right benchmark
 SAME = {"truthfulqa_mc2": "truthfulqa_mc1"}

@@ -1,7 +1,7 @@
 """Contaminated instruction rows for the decontamination stage's tests and bench: benchmark items planted
 into real clean rows the ways they turn up in public instruction sets.
 
-Each planted row starts from a clean instruction row (:func:`curation.quality_junk.load_clean_records`)
+Each planted row starts from a clean instruction row (:func:`tests.curation.quality_junk.load_clean_records`)
 and a benchmark item's main text (the question with its choices for multiple-choice items, else the
 first text the ``benchmark_documents`` service gives for the item: question, passage, completed sentence). Variants:
 
