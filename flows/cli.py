@@ -268,7 +268,9 @@ def curate(
         out_console.print(f"report: {build_report(rd)}")
     else:
         from flows.flows import curate_flow
+        from flows.server import own_ephemeral_server
 
+        own_ephemeral_server()
         res = curate_flow(r, out, resume)
         rd, summary = Path(res["run_dir"]), res["curate"]
     print_curation(summary, out_console)
@@ -389,10 +391,12 @@ def experiment(
     """Replay experiment: the same narrow SFT at several replay ratios, each evaluated against the base."""
     from flows.experiments import replay_flow
     from flows.recipe import load_recipe
+    from flows.server import own_ephemeral_server
 
     r = load_recipe(recipe, sets)
     if r.experiment is None:
         raise UserError(f"{recipe}: no `experiment:` section")
+    own_ephemeral_server()
     cmd = " ".join(["sftflow experiment --recipe", str(recipe), *[f"--set {s}" for s in sets]])
     res = replay_flow(r, out, command=cmd)
     out_console.print(res["markdown"])
@@ -420,7 +424,9 @@ def _run_pipeline(recipe: Path, out: str | None, resume: bool, sets: list[str], 
         runner.write_run_info(rd, r, curate=summary, verdict=(res.get("verdict") or {}).get("verdict"))
     else:
         from flows.flows import pipeline_flow
+        from flows.server import own_ephemeral_server
 
+        own_ephemeral_server()
         try:
             res = pipeline_flow(r, str(rd), resume)
         except runner.GateFailed as e:

@@ -8,24 +8,18 @@ that server instead.
 
 from __future__ import annotations
 
-import os
 import re
+from pathlib import Path
+from typing import Any
 
-# The ephemeral server takes 11–24 s to start on a small machine: give it time, and no analytics.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from flows import runner  # noqa: E402
-from flows.deploy import publish_report, publish_training  # noqa: E402
-from flows.recipe import Recipe, load_recipe  # noqa: E402
-from flows.summary import curate_markdown, eval_markdown, funnel_rows, train_markdown  # noqa: E402
+from flows import runner
+from flows.deploy import publish_report, publish_training
+from flows.recipe import Recipe, load_recipe
+from flows.summary import curate_markdown, eval_markdown, funnel_rows, train_markdown
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 

@@ -118,6 +118,9 @@ def serve(
         out_console.print("note: PREFECT_API_URL is not set, so runs go to a temporary local server. To see them in "
                           "the UI: `prefect server start --host 127.0.0.1` and export "
                           "PREFECT_API_URL=http://127.0.0.1:4200/api")
+    from flows.server import own_ephemeral_server
+
+    own_ephemeral_server()
     serve_recipe(recipe.resolve(), flow=flow, name=name or r.name, cron=cron, interval=interval, timezone=timezone,
                  overrides=sets)
 
@@ -133,9 +136,11 @@ def curate_sharded(
     """Curate with per-row stages sharded over a Dask cluster (SFTFLOW_DASK_ADDRESS, else a local one)."""
     from flows.recipe import load_recipe
     from flows.scaleout import sharded_curate_flow
+    from flows.server import own_ephemeral_server
     from flows.summary import print_curation
 
     r = load_recipe(recipe, sets)
+    own_ephemeral_server()
     res = sharded_curate_flow(r, out, shards, resume)
     print_curation(res["curate"], out_console)
     out_console.print(f"sharded stages: {', '.join(res['sharded_stages']) or 'none'}; run folder: {res['run_dir']}")
