@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.errors import SftflowError
 from curation.records import Record
 
 MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -44,22 +47,60 @@ LEDGER_SCHEMA = pa.schema(
 )
 
 
+class DiskFullError(SftflowError, OSError):
+    """The disk (or quota) filled up while writing ``path``; nothing partial was published."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        super().__init__(errno.ENOSPC, "no space left on device", str(self.path))
+
+    def __str__(self) -> str:
+        # the free space when the message is shown, i.e. after the temp files were removed
+        try:
+            free = f"{shutil.disk_usage(self.path.parent).free / 2**20:,.1f} MiB free there after cleaning up"
+        except OSError:
+            free = "free space unknown"
+        return (f"{self.path}: no space left on device while writing it ({free}); nothing partial was published. "
+                "Free some space and run the same command again (curate/run --resume skip the finished stages)")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an error that means the disk or the user's quota is full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def disk_full_names(path: str | os.PathLike) -> Iterator[None]:
+    """Turn "no space left on device" raised in the block into a :class:`DiskFullError` naming ``path``."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFullError(path) from e
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path next to ``path``; rename it over ``path`` only if the block succeeds.
 
-    No partial file is ever visible under the final name, even after ``kill -9``.
+    No partial file is ever visible under the final name, even after ``kill -9``; a full disk is a
+    :class:`DiskFullError` naming ``path``, with the temp file removed (its space freed).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    with disk_full_names(final):
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, final)
+        with disk_full_names(final):
+            yield tmp_path
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -98,7 +139,8 @@ class ParquetWriter:
         self.row_group_rows = row_group_rows
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
-        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        with self._disk_full():
+            self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self.rows = 0
@@ -111,7 +153,11 @@ class ParquetWriter:
         self._pending_rows += len(rows)
         self.rows += len(rows)
         if self._pending_rows >= self.row_group_rows:
-            self._flush(final=False)
+            with self._disk_full():
+                self._flush(final=False)
+
+    def _disk_full(self) -> contextlib.AbstractContextManager[None]:
+        return disk_full_names(self.path)
 
     def _flush(self, final: bool) -> None:
         if not self._pending_rows:
@@ -125,8 +171,13 @@ class ParquetWriter:
         self._pending_rows = rest.num_rows
 
     def close(self) -> None:
-        self._flush(final=True)
-        self._writer.close()
+        try:
+            with self._disk_full():
+                self._flush(final=True)
+                self._writer.close()
+        except BaseException:
+            self.abort()
+            raise
         self._ctx.__exit__(None, None, None)
 
     def abort(self) -> None:

@@ -51,6 +51,22 @@ def main() -> None:
     except FileNotFoundError as e:  # a path named on the command line that is not there
         console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
         sys.exit(2)
+    except Exception as e:
+        # a full disk in a write that does not name its file (training, caches): still one line
+        if not _disk_full(e):
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        console.print(f"[bold red]error:[/] no space left on device{where}: {e}. Free some space and run the same "
+                      "command again (--resume skips what is finished)", soft_wrap=True, highlight=False)
+        sys.exit(2)
+
+
+def _disk_full(e: BaseException) -> bool:
+    from curation.io import is_disk_full
+
+    sqlite3 = sys.modules.get("sqlite3")
+    return is_disk_full(e) or (sqlite3 is not None and isinstance(e, sqlite3.OperationalError)
+                               and "disk is full" in str(e))
 
 
 @contextmanager
