@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from curation.features import classify_task
+from curation.features import classify_tasks
 
 EmbeddingModel = Literal["minilm", "hashing", "auto"]
 HASHING_DIM = 256
@@ -355,7 +355,8 @@ def diversity_report(
     """
     idx = sample_indices(len(records), max_rows, seed)
     rows = [records[i] for i in idx]
-    tasks = Counter(r.attrs.get("task_type") or classify_task(r) for r in rows)
+    missing = iter(classify_tasks([r for r in rows if not r.attrs.get("task_type")]))
+    tasks = Counter(r.attrs.get("task_type") or next(missing) for r in rows)
     instructions = [r.instruction() for r in rows]
     emb = embed_records(rows, embeddings) if rows else np.zeros((0, embedding_dim(embeddings)), np.float32)
     return {

@@ -34,9 +34,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from curation import textscan
 from curation.records import Record
+from curation.textscan import BatchPattern, TextColumn
 
 TASK_TYPES = (
     "open_qa",
@@ -65,13 +70,14 @@ WEIGHTS = {
     "response_structure": 0.10,
 }
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
-_LATIN_WORD = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?")
+_CJK = BatchPattern(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+_LATIN_WORD = BatchPattern(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?")
 
 
-def _rx(*patterns: str) -> re.Pattern[str]:
-    # ASCII word boundaries: with Unicode ones "用Python" has no boundary before "Python".
-    return re.compile("|".join(f"(?:{p})" for p in patterns), re.I | re.ASCII)
+def _rx(*patterns: str) -> BatchPattern:
+    # ASCII word boundaries: with Unicode ones "用Python" has no boundary before "Python". A batch
+    # pattern: the score stage runs it over all rows of a batch at once (RE2), one record uses Python.
+    return BatchPattern("|".join(f"(?:{p})" for p in patterns), re.I | re.ASCII)
 
 
 # --- complexity cues -------------------------------------------------------------------------------
@@ -130,7 +136,7 @@ _CONSTRAINT = _rx(
     r"以.{1,6}的(?:形式|方式|口吻|语气|风格)",
     r"用.{1,6}(?:语言|语气|风格|口吻)",
 )
-_REQUIREMENT_LINE = re.compile(r"^\s*(?:\d+[.)、]|[-*•]|[（(]\d+[)）])\s+\S", re.M)
+_REQUIREMENT_LINE = BatchPattern(r"^\s*(?:\d+[.)、]|[-*•]|[（(]\d+[)）])\s+\S", re.M)
 _REASONING = _rx(
     r"\bstep[- ]by[- ]step\b",
     r"\bexplain\b",
@@ -231,55 +237,72 @@ _CODE_WEAK = _rx(
     r"编译",
     r"调试",
 )
-_STRUCTURE_LINE = re.compile(
+_STRUCTURE_LINE = BatchPattern(
     r"^\s*(?:\d+[.)、]|[-*•]|#{1,6}\s|\|.*\||```|[（(]?[一二三四五六七八九十]+[)）、.])", re.M
 )
 
 
 def word_units(text: str) -> float:
     """Length in word units: latin words + CJK characters / 1.5 (a Chinese word is ~1.5 characters)."""
-    return len(_LATIN_WORD.findall(text)) + len(_CJK.findall(text)) / 1.5
+    if text.isascii() and "'" not in text:  # no CJK, no apostrophe joins: words are runs of [A-Za-z0-9]
+        return len(textscan.ascii_words(text)) + 0 / 1.5
+    return len(_LATIN_WORD.python.findall(text)) + len(_CJK.python.findall(text)) / 1.5
 
 
-def _math_level(text: str) -> float:
-    if _MATH_STRONG.search(text):
-        return 1.0
-    return 0.5 if _MATH_WEAK.search(text) else 0.0
+def _word_units_many(texts: TextColumn) -> list[float]:
+    latin, cjk = _LATIN_WORD.count(texts), _CJK.count(texts)
+    return [int(a) + int(b) / 1.5 for a, b in zip(latin, cjk, strict=True)]
 
 
-def _code_level(text: str) -> float:
-    strong = len(_CODE_STRONG.findall(text))
-    if strong >= 2:
-        return 1.0
-    return 0.5 if strong or _CODE_WEAK.search(text) else 0.0
+def _math_levels(texts: TextColumn) -> Any:
+    # 1.0 with a strong math cue, else 0.5 with a weak one, else 0.0
+    return np.where(_MATH_STRONG.search(texts), 1.0, np.where(_MATH_WEAK.search(texts), 0.5, 0.0))
+
+
+def _code_levels(texts: TextColumn) -> Any:
+    # 1.0 with two strong code cues, else 0.5 with one or a weak one, else 0.0
+    strong = _CODE_STRONG.count(texts)
+    return np.where(strong >= 2, 1.0, np.where((strong > 0) | _CODE_WEAK.search(texts), 0.5, 0.0))
 
 
 def complexity_features(record: Record) -> dict[str, Any]:
     """Raw counts and scaled parts (see the module docstring) of one record."""
-    prompt = record.prompt()
-    response = record.response()
-    is_chat = record.messages is not None
-    raw = {
-        "instruction_units": round(word_units(prompt), 1),
-        "constraints": len(_CONSTRAINT.findall(prompt)) + max(0, len(_REQUIREMENT_LINE.findall(prompt)) - 1),
-        "reasoning_cues": len(_REASONING.findall(prompt)),
-        "math": max(_math_level(prompt), 0.5 * _math_level(response)),
-        "code": max(_code_level(prompt), 0.5 * _code_level(response)),
-        "turns": record.n_turns() if is_chat else 0,
-        "response_units": round(word_units(response), 1),
-        "response_structure": len(_STRUCTURE_LINE.findall(response)),
-    }
-    parts = {
-        "instruction_length": math.log1p(raw["instruction_units"]) / math.log1p(200),
-        "constraints": raw["constraints"] / (raw["constraints"] + 2),
-        "reasoning": raw["reasoning_cues"] / (raw["reasoning_cues"] + 1.5),
-        "math_code": max(raw["math"], raw["code"]),
-        "turns": (raw["turns"] - 1) / 4 if raw["turns"] > 1 else 0.0,
-        "response_length": math.log1p(raw["response_units"]) / math.log1p(600),
-        "response_structure": raw["response_structure"] / (raw["response_structure"] + 4),
-    }
-    raw["parts"] = {k: round(min(1.0, v), 4) for k, v in parts.items()}
-    return raw
+    return complexity_features_many([record])[0]
+
+
+def complexity_features_many(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """:func:`complexity_features` of many records, each pattern run over all of them at once."""
+    prompts = TextColumn([r.prompt() for r in records])
+    responses = TextColumn([r.response() for r in records])
+    inst_units, resp_units = _word_units_many(prompts), _word_units_many(responses)
+    constraints, req_lines = _CONSTRAINT.count(prompts), _REQUIREMENT_LINE.count(prompts)
+    reasoning, structure = _REASONING.count(prompts), _STRUCTURE_LINE.count(responses)
+    math_p, math_r = _math_levels(prompts), _math_levels(responses)
+    code_p, code_r = _code_levels(prompts), _code_levels(responses)
+    out = []
+    for i, record in enumerate(records):
+        raw = {
+            "instruction_units": round(inst_units[i], 1),
+            "constraints": int(constraints[i]) + max(0, int(req_lines[i]) - 1),
+            "reasoning_cues": int(reasoning[i]),
+            "math": max(float(math_p[i]), 0.5 * float(math_r[i])),
+            "code": max(float(code_p[i]), 0.5 * float(code_r[i])),
+            "turns": record.n_turns() if record.messages is not None else 0,
+            "response_units": round(resp_units[i], 1),
+            "response_structure": int(structure[i]),
+        }
+        parts = {
+            "instruction_length": math.log1p(raw["instruction_units"]) / math.log1p(200),
+            "constraints": raw["constraints"] / (raw["constraints"] + 2),
+            "reasoning": raw["reasoning_cues"] / (raw["reasoning_cues"] + 1.5),
+            "math_code": max(raw["math"], raw["code"]),
+            "turns": (raw["turns"] - 1) / 4 if raw["turns"] > 1 else 0.0,
+            "response_length": math.log1p(raw["response_units"]) / math.log1p(600),
+            "response_structure": raw["response_structure"] / (raw["response_structure"] + 4),
+        }
+        raw["parts"] = {k: round(min(1.0, v), 4) for k, v in parts.items()}
+        out.append(raw)
+    return out
 
 
 def complexity_score(features: dict[str, Any]) -> float:
@@ -290,7 +313,7 @@ def complexity_score(features: dict[str, Any]) -> float:
 # --- task type -------------------------------------------------------------------------------------
 # Ordered: the first matching rule wins, so specific intents (translate, summarize) come before
 # generic ones (question words). Patterns look at the instruction head.
-_TASK_RULES: list[tuple[str, re.Pattern[str]]] = [
+_TASK_RULES: list[tuple[str, BatchPattern]] = [
     (
         "translation",
         _rx(
@@ -593,25 +616,40 @@ _CONTEXT_SPLIT = re.compile(r"\n\s*\n")
 
 def classify_task(record: Record) -> str:
     """The record's task type from :data:`TASK_TYPES` (rules in zh and en, first match wins)."""
-    if record.messages is None:
-        return "other"
-    instruction = record.instruction()
+    return classify_tasks([record])[0]
+
+
+def classify_tasks(records: Sequence[Record]) -> list[str]:
+    """:func:`classify_task` of many records, each rule run over all of them at once."""
+    out = ["other"] * len(records)
+    chats = [i for i, r in enumerate(records) if r.messages is not None]
+    instructions = [records[i].instruction() for i in chats]
     # The ask is usually the first sentence; with a passage first (common in Chinese data) the last.
     # Rules see the ask first so words inside a supplied passage do not decide the type.
-    for text in (_ask(instruction), instruction[:300]):
-        for task, pattern in _TASK_RULES:
-            if pattern.search(text):
-                if task == "open_qa" and _has_context(instruction):
-                    return "closed_qa"  # a question about a supplied passage
-                return task
-    response = record.response()
-    if "```" in response:
-        return "code"
-    if _MATH_STRONG.search(response[:1000]):
-        return "math"
-    if _has_context(instruction):
-        return "closed_qa"
-    return "other"
+    first = [_first_rule(TextColumn([_ask(x) for x in instructions])),
+             _first_rule(TextColumn([x[:300] for x in instructions]))]
+    for j, i in enumerate(chats):
+        instruction = instructions[j]
+        rule = first[0][j] if first[0][j] >= 0 else first[1][j]
+        if rule >= 0:
+            task = _TASK_RULES[rule][0]
+            # a question about a supplied passage
+            out[i] = "closed_qa" if task == "open_qa" and _has_context(instruction) else task
+            continue
+        response = records[i].response()
+        if "```" in response:
+            out[i] = "code"
+        elif _MATH_STRONG.python.search(response[:1000]):
+            out[i] = "math"
+        elif _has_context(instruction):
+            out[i] = "closed_qa"
+    return out
+
+
+def _first_rule(texts: TextColumn) -> Any:
+    """Per text, the index of the first task rule that matches it (-1: none)."""
+    hits = np.stack([pattern.search(texts) for _, pattern in _TASK_RULES]) if len(texts) else np.zeros((1, 0), bool)
+    return np.where(hits.any(axis=0), hits.argmax(axis=0), -1)
 
 
 _ASK_END = re.compile(r"[。！？?!：:\n]|\.(?:\s|$)")
@@ -634,4 +672,13 @@ def _has_context(instruction: str) -> bool:
     return len(parts) == 2 and word_units(parts[1]) >= 40
 
 
-__all__ = ["TASK_TYPES", "WEIGHTS", "classify_task", "complexity_features", "complexity_score", "word_units"]
+__all__ = [
+    "TASK_TYPES",
+    "WEIGHTS",
+    "classify_task",
+    "classify_tasks",
+    "complexity_features",
+    "complexity_features_many",
+    "complexity_score",
+    "word_units",
+]

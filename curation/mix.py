@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.decontam import DecontamConfig, DecontamStage
 from curation.errors import SftflowError
-from curation.features import classify_task, complexity_features, complexity_score
+from curation.features import classify_tasks, complexity_features_many, complexity_score
 from curation.ingest import IngestConfig, RowError, SourceError, expand_sources, iter_raw_rows, row_to_record
 from curation.io import iter_record_batches
 from curation.records import Record, content_id
@@ -207,17 +207,45 @@ class MixStage(Stage):
         bad: dict[str, Counter] = {}
         pos = 0
         for s_idx, path in enumerate(sources):
+            pending: list[tuple[int, Record]] = []  # task types are found a batch at a time
             for rec, reason in self._decontaminated(self._iter_pool(path)):
                 if rec is None:
                     bad.setdefault(path, Counter())[reason] += 1
                     tokens.append(0)
                 else:
-                    task = rec.attrs.get("task_type") or classify_task(rec)
-                    strata.setdefault((s_idx, task), []).append(pos)
+                    pending.append((pos, rec))
                     tokens.append(record_tokens(rec))
+                    if len(pending) >= self.config.batch_size:
+                        self._strata_of(pending, s_idx, strata)
+                        pending = []
                 pos += 1
+            self._strata_of(pending, s_idx, strata)
         arrays = {k: np.asarray(v, dtype=np.int64) for k, v in strata.items()}
         return arrays, np.asarray(tokens, dtype=np.int64), {p: dict(c) for p, c in bad.items()}
+
+    @staticmethod
+    def _strata_of(pending: list[tuple[int, Record]], s_idx: int, strata: dict[tuple[int, str], list[int]]) -> None:
+        """Add pool rows (position, record) to their (source, task type) strata, in order."""
+        found = iter(classify_tasks([rec for _, rec in pending if not rec.attrs.get("task_type")]))
+        for pos, rec in pending:
+            task = rec.attrs.get("task_type") or next(found)
+            strata.setdefault((s_idx, task), []).append(pos)
+
+    @staticmethod
+    def _label(rows: list[tuple[Record, str]], per_source: Counter[str], per_task: Counter[str]) -> list[Record]:
+        """Task type and complexity (found a batch at a time) and the mix columns of chosen pool rows."""
+        need_task = [rec for rec, _ in rows if "task_type" not in rec.attrs]
+        for rec, task in zip(need_task, classify_tasks(need_task), strict=True):
+            rec.attrs["task_type"] = task
+        need_cx = [rec for rec, _ in rows if "complexity" not in rec.attrs]
+        for rec, feats in zip(need_cx, complexity_features_many(need_cx), strict=True):
+            rec.attrs["complexity"] = complexity_score(feats)
+        for rec, path in rows:
+            rec.attrs["mix_source"] = "general"
+            rec.attrs["mix_origin"] = path
+            per_source[path] += 1
+            per_task[rec.attrs["task_type"]] += 1
+        return [rec for rec, _ in rows]
 
     def added(self) -> Iterator[list[Record]]:
         cfg = self.config
@@ -274,7 +302,7 @@ class MixStage(Stage):
         task_ids = np.unique(np.frombuffer(self._task_id_hashes, dtype=np.uint64))
         per_source: Counter[str] = Counter()
         per_task: Counter[str] = Counter()
-        out: list[Record] = []
+        out: list[tuple[Record, str]] = []
         n_rows = n_tokens = 0
         pos = 0
         for path in sources:
@@ -287,22 +315,14 @@ class MixStage(Stage):
                 i = np.searchsorted(task_ids, h)
                 if i < len(task_ids) and task_ids[i] == h:
                     rec.id = f"{rec.id}~general"  # ids stay unique in the mixture
-                if "task_type" not in rec.attrs:
-                    rec.attrs["task_type"] = classify_task(rec)
-                if "complexity" not in rec.attrs:
-                    rec.attrs["complexity"] = complexity_score(complexity_features(rec))
-                rec.attrs["mix_source"] = "general"
-                rec.attrs["mix_origin"] = path
-                per_source[path] += 1
-                per_task[rec.attrs["task_type"]] += 1
                 n_rows += 1
                 n_tokens += int(tokens[here])
-                out.append(rec)
+                out.append((rec, path))
                 if len(out) >= cfg.batch_size:
-                    yield out
+                    yield self._label(out, per_source, per_task)
                     out = []
         if out:
-            yield out
+            yield self._label(out, per_source, per_task)
         general = n_tokens if cfg.by == "tokens" else n_rows
         self._report.update(
             general_rows=n_rows,

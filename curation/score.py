@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.diversity import EmbeddingModel, embed_texts, embedding_column, embedding_text
 from curation.errors import ConfigError
-from curation.features import WEIGHTS, classify_task, complexity_features, complexity_score
+from curation.features import WEIGHTS, classify_tasks, complexity_features_many, complexity_score
 from curation.records import Record
 from curation.scorers import ScoreCache, Scorer, ScorerSettings, get_scorer, score_records, scorer_settings
 from curation.stage import Stage, StageOutput
@@ -114,11 +114,11 @@ class ScoreStage(Stage):
         return f"{base}-{hashlib.sha256(parts.encode()).hexdigest()[:8]}"
 
     def process(self, batch: list[Record]) -> StageOutput:
-        for r in batch:
-            feats = complexity_features(r)
+        # every pattern runs over the whole batch at once (curation.features)
+        for r, feats, task in zip(batch, complexity_features_many(batch), classify_tasks(batch), strict=True):
             c = complexity_score(feats)
             r.attrs["complexity"] = c
-            r.attrs["task_type"] = classify_task(r)
+            r.attrs["task_type"] = task
             r.attrs["complexity_features"] = json.dumps(feats, ensure_ascii=False, sort_keys=True)
             self.counters[f"task_type:{r.attrs['task_type']}"] += 1
             self.counters[f"lang:{r.lang}"] += 1

@@ -57,7 +57,7 @@ from curation.diversity import (
     verb_noun_stats,
 )
 from curation.errors import ConfigError
-from curation.features import classify_task, complexity_features, complexity_score
+from curation.features import classify_tasks, complexity_features_many, complexity_score
 from curation.records import Record
 from curation.stage import Drop, Stage, StageOutput
 from curation.stats import Figures, Same, Sum
@@ -181,14 +181,17 @@ class SelectStage(Stage):
             if not batch:
                 continue
             r_batch = np.empty(len(batch), dtype=np.float64)
+            # rows the score stage did not see: their features, a batch at a time
+            missing_cx = iter(complexity_features_many([r for r in batch if r.attrs.get("complexity") is None]))
+            missing_task = iter(classify_tasks([r for r in batch if not r.attrs.get("task_type")]))
             for i, r in enumerate(batch):
                 c = r.attrs.get("complexity")
                 if c is None:
-                    c = complexity_score(complexity_features(r))
+                    c = complexity_score(next(missing_cx))
                 r_batch[i] = self._rank_value(r, float(c), rank_cols, weights)
                 cplx.append(float(c))
                 self._ids.append(r.id)
-                self._task.append(r.attrs.get("task_type") or classify_task(r))
+                self._task.append(r.attrs.get("task_type") or next(missing_task))
                 self._lang.append(r.lang)
             ranks.append(r_batch)
             stored = [r.attrs.get(col) for r in batch]

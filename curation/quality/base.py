@@ -19,6 +19,7 @@ from functools import cached_property, lru_cache
 from pydantic import BaseModel, ConfigDict
 
 from curation.records import Record
+from curation.textscan import alnum_count, ascii_alnum_count, ascii_words, split_ascii
 
 # --------------------------------------------------------------------------------------------------
 # config, result, registry
@@ -101,6 +102,8 @@ CJK_CHAR_RE = re.compile(f"[{CJK}]")
 HAN_RE = re.compile(r"[\u4e00-\u9fff]")
 # a "unit" is a word of a space-separated script or one CJK character
 UNIT_RE = re.compile(f"[{CJK}]|(?:(?![{CJK}])[^\\W_])+")
+# the same matches without a lookahead per character: a run of word characters that are not CJK
+_UNIT_FAST_RE = re.compile(f"[{CJK}]|[^\\W_{CJK}]+")
 # letters, digits, CJK, and emoji (an emoji-only reply can be the requested answer)
 MEANINGFUL_RE = re.compile(r"[^\W_]|[\u2600-\u27bf\U0001f300-\U0001faff]")
 LETTER_RE = re.compile(f"[A-Za-z{CJK}\u00c0-\u024f\u0400-\u04ff]")
@@ -113,9 +116,32 @@ def strip_code(text: str) -> str:
     return FENCE_RE.sub(" ", text) if "```" in text else text
 
 
+_EMOJI_RE = re.compile(r"[\u2600-\u27bf\U0001f300-\U0001faff]")
+
+
 def meaningful_chars(text: str) -> int:
-    """Letters, digits, CJK characters and emoji in ``text``."""
-    return len(MEANINGFUL_RE.findall(text))
+    """Letters, digits, CJK characters and emoji in ``text`` (``len(MEANINGFUL_RE.findall(text))``)."""
+    if text.isascii():  # [^\W_] is str.isalnum: on ASCII, [A-Za-z0-9]
+        return ascii_alnum_count(text)
+    n = alnum_count(text)
+    if _EMOJI_RE.search(text):  # emoji that are not also alphanumeric (dingbat digits are)
+        n += sum(1 for ch in _EMOJI_RE.findall(text) if not ch.isalnum())
+    return n
+
+
+def units(text: str) -> list[str] | list[bytes]:
+    """``UNIT_RE.findall(text)``: words of space-separated scripts and single CJK characters.
+
+    ASCII text gives its words as bytes (same sequence, cheaper to get): use them for counting and
+    comparing, decode one to show it.
+    """
+    if text.isascii():
+        return ascii_words(text)
+    head, rest = split_ascii(text)
+    if not any(map(str.isalnum, rest)):
+        # the other characters are all separators (curly quotes, dashes): the ASCII words are the units
+        return ascii_words(text.encode("ascii", "replace").decode("ascii"))
+    return _UNIT_FAST_RE.findall(text)
 
 
 def ratio_severity(value: float, limit: float) -> float:
@@ -186,6 +212,12 @@ class TextView:
         n = meaningful_chars(self.response[:1000])
         return n if n or len(self.response) <= 1000 else meaningful_chars(self.response)
 
+    @cached_property
+    def prompt(self) -> str:
+        """Everything but the assistant turns (:meth:`Record.prompt`)."""
+        return self.record.prompt()
+
+    @cached_property
     def pairs(self) -> list[tuple[str, str]]:
         """(user turn, the assistant turn answering it) for every exchange."""
         out = []
@@ -211,4 +243,5 @@ __all__ = [
     "ratio_severity",
     "rule",
     "strip_code",
+    "units",
 ]

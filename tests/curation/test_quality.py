@@ -499,3 +499,49 @@ def test_figures_of_shards_merge_to_the_serial_figures(tmp_path) -> None:
     assert a.rules_fired == b.rules_fired == {"placeholder": 4, "refusal": 3}
     assert a.score_histogram == b.score_histogram
     assert {k: len(v) for k, v in b.dropped_examples.items()} == {"placeholder": 2, "refusal": 2}
+
+
+# --------------------------------------------------------------------------------------------------
+# fast paths give what the regexes give
+
+
+def _random_texts(n: int, seed: int = 5) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    alphabet = ["a", "B", "z", "0", "7", "_", " ", "\n", "\t", "'", "-", "é", "ß", "İ", "ı", "ſ", "K", "中", "文",
+                "あ", "한", "Ж", "٣", "\u3000", "\xa0", "!", "。", "😀", "|", "=", "·", "’", "“", "—", "❶", "☀",
+                "\ud800", "Ā", "ǿ", "ɏ"]
+    out = []
+    for _ in range(n):
+        k = rng.randint(0, 80)
+        text = "".join(rng.choice(alphabet) for _ in range(k))
+        if rng.random() < 0.3:  # long runs of one character, of every length around the threshold
+            text += rng.choice(alphabet) * rng.randint(25, 40)
+        if rng.random() < 0.3:
+            text = text.encode("ascii", "ignore").decode()
+        elif rng.random() < 0.3:  # mostly English with a few curly quotes
+            text = text.encode("ascii", "ignore").decode() + rng.choice(["’", "“", "—"]) + "ok"
+        out.append(text)
+    return out
+
+
+def test_unit_and_meaningful_fast_paths_match_the_regexes() -> None:
+    from curation.quality.base import LETTER_RE, MEANINGFUL_RE, UNIT_RE, meaningful_chars, units
+    from curation.quality.rules.lang_mismatch import _letters
+
+    for text in _random_texts(3000):
+        got = [u.decode() if isinstance(u, bytes) else u for u in units(text)]
+        assert got == UNIT_RE.findall(text), text
+        assert meaningful_chars(text) == len(MEANINGFUL_RE.findall(text)), text
+        assert _letters(text) == len(LETTER_RE.findall(text)), text
+
+
+def test_char_run_precheck_never_misses_a_run() -> None:
+    from curation.quality.rules.repetition import _char_run, _char_run_re
+
+    for n in (2, 5, 8, 10, 30, 33):
+        for text in _random_texts(1500, seed=n):
+            want = _char_run_re(n).search(text)
+            got = _char_run(text, n)
+            assert (got and got.span()) == (want and want.span()), (n, text)

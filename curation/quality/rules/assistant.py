@@ -6,6 +6,7 @@ import re
 
 from pydantic import Field
 
+from curation import textscan
 from curation.quality.base import RuleConfig, RuleResult, TextView, rule
 
 
@@ -29,7 +30,7 @@ class BoilerplateRule(RuleConfig):
     )
 
 
-_REFUSAL_RE = re.compile(
+_REFUSAL_RE = textscan.compile(
     r"i'?m (?:really |very )?sorry,? (?:but )?i (?:can(?:'|no)t|cannot|am unable|won'?t|am not able)"
     r"|i apologi[sz]e,? but (?:i|as)"
     r"|\bi (?:can(?:'|no)t|cannot|won'?t|am unable to|am not able to|must decline to) (?!help but)"
@@ -40,7 +41,7 @@ _REFUSAL_RE = re.compile(
     r"|(?:这个|此)问题我(?:无法|不能)",
     re.I,
 )
-_BOILERPLATE_RE = re.compile(
+_BOILERPLATE_RE = textscan.compile(
     r"\bas an? (?:ai|artificial intelligence)(?: language model| model| assistant)?\b"
     r"|\bas a (?:large )?language model\b|\bi(?:'m| am) (?:just |only )?an? (?:ai|language model)\b"
     r"|作为(?:一[个名款位])?(?:人工智能|AI|ai|语言模型|大型语言模型|AI语言模型|人工智能语言模型|智能助手|AI助手)"
@@ -49,7 +50,7 @@ _BOILERPLATE_RE = re.compile(
 )
 # identity and capability questions are answered by saying what the assistant is; opinion questions
 # answered with "as an AI I have no opinions" are the boilerplate this rule is for
-_ABOUT_ASSISTANT_RE = re.compile(
+_ABOUT_ASSISTANT_RE = textscan.compile(
     r"你是谁|你是什么|你是(?:一个)?(?:人|机器人|AI|人工智能)|你叫什么|介绍一下你|你会|你能|你可以|你有什么(?:功能|能力)"
     r"|\b(?:who|what) are you\b|\bare you (?:an? )?(?:ai|human|robot|bot|real|alive|conscious)\b|\bcan you\b"
     r"|\byour name\b",
@@ -59,7 +60,7 @@ _ABOUT_ASSISTANT_RE = re.compile(
 
 @rule("refusal", config=RefusalRule, priority=50, for_text=False)
 def check_refusal(v: TextView, c: RefusalRule) -> RuleResult:
-    for _, answer in v.pairs():
+    for _, answer in v.pairs:
         if len(answer) > c.max_chars:
             continue
         m = _REFUSAL_RE.search(answer[: c.window_chars + 60])
@@ -77,7 +78,7 @@ def check_refusal(v: TextView, c: RefusalRule) -> RuleResult:
 
 @rule("boilerplate", config=BoilerplateRule, priority=60, for_text=False)
 def check_boilerplate(v: TextView, c: BoilerplateRule) -> RuleResult:
-    for user, answer in v.pairs():
+    for user, answer in v.pairs:
         m = _BOILERPLATE_RE.search(answer[: c.window_chars + 40])
         if m and m.start() <= c.window_chars and not _ABOUT_ASSISTANT_RE.search(user):
             return RuleResult(

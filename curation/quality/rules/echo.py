@@ -26,7 +26,7 @@ def _shingles(text: str, n: int = 4) -> set[str]:
 @rule("echo", config=EchoRule, priority=90, for_text=False)
 def check_echo(v: TextView, c: EchoRule) -> RuleResult:
     worst = (0.0, 1.0)
-    for user, answer in v.pairs():
+    for user, answer in v.pairs:
         # an echo has about the instruction's length; skip the shingling otherwise (most rows)
         if len(answer) > 1.5 * len(user) + 30 or len(answer) < 0.6 * len(user):
             continue

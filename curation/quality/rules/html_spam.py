@@ -6,6 +6,7 @@ import re
 
 from pydantic import Field
 
+from curation import textscan
 from curation.quality.base import RuleConfig, RuleResult, TextView, rule
 
 
@@ -21,18 +22,18 @@ _TAG_RE = re.compile(
     r"|section|select|small|span|strong|table|tbody|td|th|thead|title|tr|u|ul)(?:\s[^<>]{0,300})?/?>",
     re.I,
 )
-_DANGER_TAG_RE = re.compile(
+_DANGER_TAG_RE = textscan.compile(
     r"<\s*(?:script|iframe|style|object|embed|meta|link|html|body|head|!doctype)\b", re.I
 )
 _URL_RE = re.compile(r"(?:https?://|www\.)[^\s<>\"'）)\]]+", re.I)
-_SPAM_RE = re.compile(
+_SPAM_RE = textscan.compile(
     r"click here|buy now|order now|visit our (?:website|site|store)|limited[- ]time offer|free download"
     r"|subscribe (?:now|today)|casino|viagra|cheap (?:pills|meds)|act now|100% free"
     r"|点击(?:这里|此处|链接|下方|购买)|加(?:微信|V信|vx|qq|QQ)|扫码|限时(?:优惠|抢购)|免费领取|立即(?:购买|下载|注册)",
     re.I,
 )
-_HTML_ASKED_RE = re.compile(r"html|css|xml|web ?page|网页|标签|markup|svg|jsx|react|vue", re.I)
-_LINKS_ASKED_RE = re.compile(r"link|url|source|reference|website|链接|网址|网站|参考|来源", re.I)
+_HTML_ASKED_RE = textscan.compile(r"html|css|xml|web ?page|网页|标签|markup|svg|jsx|react|vue", re.I)
+_LINKS_ASKED_RE = textscan.compile(r"link|url|source|reference|website|链接|网址|网站|参考|来源", re.I)
 
 
 @rule("html_spam", config=HtmlSpamRule, priority=80, for_text=True)

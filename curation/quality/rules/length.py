@@ -6,6 +6,7 @@ import re
 
 from pydantic import Field
 
+from curation import textscan
 from curation.quality.base import RuleConfig, RuleResult, TextView, rule
 
 
@@ -28,7 +29,7 @@ class TooLongRule(RuleConfig):
     max_text_chars: int = Field(200_000, ge=1, description="plain-text record characters")
 
 
-_LONG_FORM_RE = re.compile(
+_LONG_FORM_RE = textscan.compile(
     r"\b(write|compose|draft)\b.{0,40}\b(essay|article|story|blog|letter|speech|report|paragraph)"
     r"|\b(explain|describe|discuss|elaborate)\b.{0,30}\b(in detail|detailed|thoroughly)"
     r"|(?:写|撰写|创作).{0,12}(?:文章|作文|故事|散文|报告|演讲稿|信|短文|小说)|详细(?:说明|介绍|解释|描述|阐述)|阐述|论述",

@@ -6,6 +6,7 @@ import re
 
 from pydantic import Field
 
+from curation import textscan
 from curation.quality.base import (
     HAN_RE,
     RuleConfig,
@@ -40,14 +41,15 @@ _LATIN1_MOJIBAKE_RE = re.compile(
     f"[\u00c2-\u00d6\u00d8-\u00df][{_CONT}]|[\u00e0-\u00ef][{_CONT}]{{2}}|[\u00f0-\u00f4][{_CONT}]{{3}}"
 )
 _CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ue000-\uf8ff]")
-_GARBLED_RE = re.compile("锟斤拷|烫烫烫|屯屯屯")
+_ASCII_CONTROL = bytes(b for b in range(128) if _CONTROL_RE.match(chr(b)))
+_GARBLED_RE = textscan.compile("锟斤拷|烫烫烫|屯屯屯")
 
 
 @rule("mojibake", config=MojibakeRule, priority=70, for_text=True)
 def check_mojibake(v: TextView, c: MojibakeRule) -> RuleResult:
     text = v.response
     if text.isascii():  # nothing can be mis-decoded; only control characters remain possible
-        n_ctl = len(_CONTROL_RE.findall(text))
+        n_ctl = len(text) - len(text.encode("ascii").translate(None, _ASCII_CONTROL))
         frac = n_ctl / max(1, len(text))
         if n_ctl >= 2 and frac > c.max_control_fraction:
             return RuleResult(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from curation import textscan
 from curation.quality.base import RuleConfig, RuleResult, TextView, rule
 
 
@@ -16,7 +17,7 @@ _PLACEHOLDER_WHOLE_RE = re.compile(
     r"|(?:answer|response|content|text) (?:goes )?here|insert (?:answer|response|text) here|to be (?:added|completed))",
     re.I,
 )
-_PLACEHOLDER_ANY_RE = re.compile(
+_PLACEHOLDER_ANY_RE = textscan.compile(
     r"lorem ipsum|dolor sit amet|\[(?:insert|add|your|placeholder|todo)[^\]]{0,40}(?:here|answer|response|text|content)[^\]]{0,20}\]"
     r"|<(?:insert|your)[^>]{0,40}(?:here|answer|response)>"
     r"|^\s*(?:todo|tbd|fixme)\b[:：]"

@@ -8,10 +8,9 @@ from functools import lru_cache
 
 from pydantic import Field
 
+from curation import textscan
 from curation.quality.base import (
     CJK_CHAR_RE,
-    UNIT_RE,
-    WS_RE,
     RuleConfig,
     RuleResult,
     TextView,
@@ -19,6 +18,7 @@ from curation.quality.base import (
     ratio_severity,
     rule,
     strip_code,
+    units,
 )
 
 
@@ -37,7 +37,10 @@ class RepetitionRule(RuleConfig):
 
 
 def _dup_line_fraction(text: str) -> float:
-    lines = [ln.strip() for ln in text.splitlines()]
+    lines = text.splitlines()
+    if len(lines) < 3:  # (fewer still after the filter below)
+        return 0.0
+    lines = [ln.strip() for ln in lines]
     lines = [ln for ln in lines if meaningful_chars(ln) >= 3]  # "}", "---", "1." repeat legitimately
     if len(lines) < 3:
         return 0.0
@@ -46,7 +49,7 @@ def _dup_line_fraction(text: str) -> float:
     return dup / max(1, sum(len(ln) for ln in lines))
 
 
-def _dup_ngram_fraction(units: list[str], n: int) -> float:
+def _dup_ngram_fraction(units: list[str] | list[bytes], n: int) -> float:
     """Share of units covered by an n-gram that occurs more than once (Gopher's measure, on units)."""
     if len(units) < n * 2:
         return 0.0
@@ -68,11 +71,33 @@ def _char_run_re(n: int) -> re.Pattern[str]:
     return re.compile(r"([^\s\-=_*#~.·|+])\1{" + str(n - 1) + ",}")
 
 
+def _char_run(text: str, n: int) -> re.Match[str] | None:
+    """``_char_run_re(n).search(text)``, after a cheap test that rules most texts out.
+
+    A run of n equal characters holds at least n // k of the characters at multiples of k, all
+    equal and next to each other in ``text[::k]``: no such run in that sample (a 1/k-size
+    string), no run in the text.
+    """
+    k = n // 4
+    if k >= 2 and _char_run_re(n // k).search(text[::k]) is None:
+        return None
+    return _char_run_re(n).search(text)
+
+
 def _tail_loop(text: str, max_period: int = 60) -> tuple[str, int]:
     """The phrase the text ends in, looped, and how many times (degenerate generation)."""
-    t = WS_RE.sub(" ", text[-1500:]).rstrip()
+    tail = text[-1500:]
+    # WS_RE.sub(" ", tail).rstrip(): \s is str.isspace(), what split() splits on
+    words = tail.split()
+    t = ((" " if tail[:1].isspace() else "") + " ".join(words)) if words else ""
     best = ("", 0)
+    if not t:
+        return best
+    last = t[-1]
     for p in range(2, min(max_period, len(t) // 4) + 1):
+        # 4 loops of period p end in the same character 4 times, p apart: most periods fail here
+        if t[-1 - p] != last or t[-1 - 2 * p] != last or t[-1 - 3 * p] != last:
+            continue
         unit = t[-p:]
         reps, end = 1, len(t) - p
         while end - p >= 0 and t[end - p : end] == unit:
@@ -83,7 +108,7 @@ def _tail_loop(text: str, max_period: int = 60) -> tuple[str, int]:
     return best
 
 
-_REPEAT_ASKED_RE = re.compile(
+_REPEAT_ASKED_RE = textscan.compile(
     r"\brepeat|\d+ ?(?:times|遍|次)|\b(?:two|three|four|five|ten) times|重复|复述|[两三四五六七八九十]遍",
     re.I,
 )
@@ -97,12 +122,12 @@ def _repetition_in(text: str, c: RepetitionRule) -> tuple[str, float]:
             f"repeated lines cover {line_frac:.0%} of characters > max_dup_line_fraction "
             f"{c.max_dup_line_fraction:.0%}"
         ), 1.0
-    units = UNIT_RE.findall(text.casefold())
+    words = units(text.casefold())
     ngram_frac = 0.0
-    if len(units) >= c.min_units:
-        cjk = len(CJK_CHAR_RE.findall(text)) / len(units)
+    if len(words) >= c.min_units:
+        cjk = (0 if text.isascii() else len(CJK_CHAR_RE.findall(text))) / len(words)
         n = 8 if cjk > 0.5 else 5
-        ngram_frac = _dup_ngram_fraction(units, n)
+        ngram_frac = _dup_ngram_fraction(words, n)
         if ngram_frac > c.max_dup_ngram_fraction:
             return (
                 f"repeated {n}-grams cover {ngram_frac:.0%} of words > max_dup_ngram_fraction "
@@ -115,7 +140,7 @@ def _repetition_in(text: str, c: RepetitionRule) -> tuple[str, float]:
             f"min_tail_loop_chars {c.min_tail_loop_chars})"
         ), 1.0
     if len(text) >= c.max_char_run:
-        m = _char_run_re(c.max_char_run).search(text)
+        m = _char_run(text, c.max_char_run)
         if m:
             return (
                 f"character {m.group(1)!r} repeated {len(m.group(0))} times >= max_char_run {c.max_char_run}"
@@ -130,7 +155,7 @@ def _repetition_in(text: str, c: RepetitionRule) -> tuple[str, float]:
 def check_repetition(v: TextView, c: RepetitionRule) -> RuleResult:
     if v.is_chat:
         # each answer on its own: later turns legitimately restate earlier ones (revisions)
-        if _REPEAT_ASKED_RE.search(v.record.prompt()):
+        if _REPEAT_ASKED_RE.search(v.prompt):
             return RuleResult("repetition", False)
         texts = [strip_code(a) for a in v.assistant_turns]  # code repeats lines by nature
     else:

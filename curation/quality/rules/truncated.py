@@ -10,13 +10,13 @@ from pydantic import Field
 from curation.quality.base import (
     CJK_CHAR_RE,
     LETTER_RE,
-    UNIT_RE,
     RuleConfig,
     RuleResult,
     TextView,
     meaningful_chars,
     rule,
     strip_code,
+    units,
 )
 
 
@@ -45,24 +45,35 @@ _EN_DANGLING_WORDS = frozenset(
 _ZH_DANGLING_RE = re.compile(
     "(?:以及|并且|而且|但是|因为|所以|如果|或者|例如|比如|包括|由于|为了|关于|根据|以便|然后|其中|即|如下)$"
 )
+_ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_SENTENCE_ENDS = frozenset(".!?。！？")
+_SENTENCE_END_RE = re.compile(r"[.!?。！？]\s")
 _BRACKETS = {"(": ")", "[": "]", "{": "}", "（": "）", "【": "】", "「": "」", "《": "》"}
 _OPENER_RE = re.compile("[" + re.escape("".join(_BRACKETS)) + "]")
+
+
+_CLOSERS = {v: k for k, v in _BRACKETS.items()}
+_BRACKET_RE = re.compile("[" + re.escape("".join(_BRACKETS) + "".join(_CLOSERS)) + "]")
 
 
 def _unclosed_bracket(text: str) -> str | None:
     if not _OPENER_RE.search(text, max(0, len(text) - 200)):
         return None
-    closers = {v: k for k, v in _BRACKETS.items()}
     stack: list[tuple[str, int]] = []
-    for i, ch in enumerate(text):
+    for m in _BRACKET_RE.finditer(text):  # only the brackets, not every character
+        ch, i = m.group(), m.start()
         if ch in _BRACKETS:
             stack.append((ch, i))
-        elif ch in closers and stack and stack[-1][0] == closers[ch]:
+        elif stack and stack[-1][0] == _CLOSERS[ch]:
             stack.pop()
     # an opener left unclosed near the very end means the text stopped inside it
     if stack and stack[-1][1] >= len(text) - 200:
         return stack[-1][0]
     return None
+
+
+def _word(unit: str | bytes) -> str:
+    return unit.decode("ascii") if isinstance(unit, bytes) else unit
 
 
 @rule("truncated", config=TruncatedRule, priority=110, for_text=False)
@@ -81,10 +92,11 @@ def check_truncated(v: TextView, c: TruncatedRule) -> RuleResult:
     if c.check_dangling_end and last in _DANGLING_PUNCT and meaningful_chars(prose[-300:]) >= 20:
         return RuleResult("truncated", True, f"ends on {last!r} (dangling punctuation)", 1.0)
     last_line = prose.splitlines()[-1].strip()
-    words = UNIT_RE.findall(last_line)
+    words = units(last_line)
     if c.check_dangling_end and words and last not in _TERMINAL:
-        w = words[-1].casefold()
-        if len(words) >= 4 and w in _EN_DANGLING_WORDS and re.search(r"[A-Za-z]$", prose):
+        w = _word(words[-1]).casefold()
+        # prose ends on a non-space (rstripped): "[A-Za-z]$" is its last character
+        if len(words) >= 4 and w in _EN_DANGLING_WORDS and last in _ASCII_LETTERS:
             return RuleResult("truncated", True, f"ends on {w!r} (a sentence cannot end on it)", 1.0)
         m = _ZH_DANGLING_RE.search(prose) if len(words) >= 6 else None
         if m:
@@ -96,10 +108,15 @@ def check_truncated(v: TextView, c: TruncatedRule) -> RuleResult:
     if last in _TERMINAL or not LETTER_RE.match(last) or _URL_END_RE.search(last_line):
         return RuleResult("truncated", False)
     # a prose line without final punctuation, in a text that otherwise punctuates its sentences
-    n_cjk = len(CJK_CHAR_RE.findall(last_line))
+    n_cjk = 0 if last_line.isascii() else len(CJK_CHAR_RE.findall(last_line))
     n_words = len(words) - n_cjk
     long_line = n_words >= c.min_last_line_words or n_cjk >= c.min_last_line_cjk
-    punctuates = re.search(r"[.!?。！？]\s", prose[:-1] + " ") is not None or prose.count("。") > 0
+    # a sentence end followed by white space anywhere but at the very end (which was cut off)
+    punctuates = (
+        _SENTENCE_END_RE.search(prose, 0, len(prose) - 1) is not None
+        or prose[-2:-1] in _SENTENCE_ENDS
+        or "。" in prose
+    )
     if (
         c.check_unpunctuated_end
         and long_line
