@@ -45,20 +45,25 @@ _ASCII_CONTROL = bytes(b for b in range(128) if _CONTROL_RE.match(chr(b)))
 _GARBLED_RE = textscan.compile("锟斤拷|烫烫烫|屯屯屯")
 
 
+def _controls(n_ctl: int, n_chars: int, c: MojibakeRule) -> RuleResult | None:
+    """The firing result when control characters are too many (two at least), else None."""
+    frac = n_ctl / max(1, n_chars)
+    if n_ctl >= 2 and frac > c.max_control_fraction:
+        return RuleResult(
+            "mojibake",
+            True,
+            f"{n_ctl} control characters ({frac:.1%} > max_control_fraction {c.max_control_fraction:.1%})",
+            1.0,
+        )
+    return None
+
+
 @rule("mojibake", config=MojibakeRule, priority=70, for_text=True)
 def check_mojibake(v: TextView, c: MojibakeRule) -> RuleResult:
     text = v.response
     if text.isascii():  # nothing can be mis-decoded; only control characters remain possible
         n_ctl = len(text) - len(text.encode("ascii").translate(None, _ASCII_CONTROL))
-        frac = n_ctl / max(1, len(text))
-        if n_ctl >= 2 and frac > c.max_control_fraction:
-            return RuleResult(
-                "mojibake",
-                True,
-                f"{n_ctl} control characters ({frac:.1%} > max_control_fraction {c.max_control_fraction:.1%})",
-                1.0,
-            )
-        return RuleResult("mojibake", False)
+        return _controls(n_ctl, len(text), c) or RuleResult("mojibake", False)
     m = _GARBLED_RE.search(text)
     if m:
         return RuleResult("mojibake", True, f"garbled sequence {m.group(0)!r}", 1.0)
@@ -76,13 +81,9 @@ def check_mojibake(v: TextView, c: MojibakeRule) -> RuleResult:
         )
     n_ctl = len(_CONTROL_RE.findall(text))
     frac = n_ctl / max(1, len(text))
-    if n_ctl >= 2 and frac > c.max_control_fraction:
-        return RuleResult(
-            "mojibake",
-            True,
-            f"{n_ctl} control characters ({frac:.1%} > max_control_fraction {c.max_control_fraction:.1%})",
-            1.0,
-        )
+    fired = _controls(n_ctl, len(text), c)
+    if fired:
+        return fired
     han = HAN_RE.findall(text[:3000])  # a sample decides: mis-decoding garbles the whole text
     rare_frac = 0.0
     if len(han) >= c.min_cjk_chars:
