@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from curation.quality_junk import load_clean_records
 
 import flows  # noqa: F401  (registers the benchmark_documents service, as every entry point does)
 from curation.decontam import (
