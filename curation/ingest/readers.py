@@ -6,9 +6,13 @@ recursively, hidden ones skipped) and globs expand. Hub datasets by id:
 ``hf://owner/name?split=train&config=x`` (streamed with ``datasets``; from the local cache when
 ``HF_HUB_OFFLINE`` is set).
 
-Memory: JSON Lines, CSV and parquet are streamed (one line / one batch at a time; a line longer than
-``max_line_bytes`` is skipped without being read into memory). A ``.json`` array or document is
-loaded whole (its text, then one element at a time): use JSON Lines for large data.
+Memory is bounded whatever the input: JSON Lines, CSV, JSON arrays and parquet are streamed (one
+line / element / batch at a time, through a 1 MiB read window); a line, CSV line or array element
+longer than ``max_line_bytes`` is scanned past without being held and ledgered as ``too_large``. A
+``.json`` file that is one document (``{"data": [...]}``) is loaded whole, up to
+``max_document_bytes``; a CSV header over ``max_columns`` columns and a parquet file whose metadata
+footer is over ``max_parquet_footer_bytes`` are source errors (``bench/hostile_inputs.py`` measures
+each case).
 
 ``line`` is the 1-based physical line (``\\n``, ``\\r\\n`` or ``\\r``) where the row starts; for
 parquet, hub datasets and rows wrapped in a JSON object it is the row number. A source that cannot
