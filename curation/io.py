@@ -146,12 +146,17 @@ class ParquetWriter:
         self.rows = 0
 
     def write_rows(self, rows: list[dict[str, Any]]) -> None:
-        if not rows:
+        """Append rows (dicts keyed by column name; missing keys are nulls)."""
+        if rows:
+            self.write_table(rows_table(rows, self.schema))
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append an Arrow table of this writer's schema: the same bytes as writing its rows."""
+        if not table.num_rows:
             return
-        cols = {name: [r.get(name) for r in rows] for name in self.schema.names}
-        self._pending.append(pa.Table.from_pydict(cols, schema=self.schema))
-        self._pending_rows += len(rows)
-        self.rows += len(rows)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
         if self._pending_rows >= self.row_group_rows:
             with self._disk_full():
                 self._flush(final=False)
@@ -196,6 +201,11 @@ class ParquetWriter:
             self.close()
         else:
             self.abort()
+
+
+def rows_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts keyed by column name; missing keys are nulls) as an Arrow table of ``schema``."""
+    return pa.Table.from_pydict({name: [r.get(name) for r in rows] for name in schema.names}, schema=schema)
 
 
 def record_schema(extra: dict[str, pa.DataType] | None = None, base: pa.Schema | None = None) -> pa.Schema:

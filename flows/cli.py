@@ -35,6 +35,7 @@ console = Console(stderr=True)
 out_console = Console()
 
 REPO = Path(__file__).resolve().parents[1]
+WORKERS_HELP = "worker processes for per-row stages (default: $SFTFLOW_WORKERS, else one per core)"
 DEMO_RECIPE = REPO / "configs" / "demo.yaml"
 
 
@@ -107,16 +108,18 @@ def _stages(factory) -> Callable[[str, int, int], None]:
     return report
 
 
-def _run_single_stage(name: str, files: list[str], out: Path, config: dict[str, Any], sets: list[str]) -> None:
+def _run_single_stage(name: str, files: list[str], out: Path, config: dict[str, Any], sets: list[str],
+                      workers: int | None = None) -> None:
     """One stage as a one-stage curation: ``out`` gets the steps' folders, output, the whole ledger, summary."""
     from curation.pipeline import curate, is_records_file
+    from curation.workers import local_executor
     from flows.recipe import apply_overrides, parse_overrides
     from flows.summary import print_curation
 
     config = apply_overrides(config, parse_overrides(sets))
     records = files[0] if len(files) == 1 and is_records_file(files[0]) else None
-    with progress_bars() as pf:
-        summary = curate(files, [(name, config)], out, records=records, progress_factory=pf)
+    with progress_bars() as pf, local_executor(workers) as executor:
+        summary = curate(files, [(name, config)], out, records=records, progress_factory=pf, executor=executor)
     print_curation(summary, out_console)
     out_console.print(f"output: {out / 'output.parquet'}; ledger: {out / 'ledger.parquet'}")
 
@@ -190,6 +193,7 @@ def quality(
     pos: list[str] = typer.Option([], "--pos", help="with 'train': files of good examples"),
     neg: list[str] = typer.Option([], "--neg", help="with 'train': files of bad examples"),
     sets: list[str] = typer.Option([], "--set"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """Rule heuristics + fastText quality filter. `sftflow quality train --pos F --neg F --out MODEL` trains one."""
     if files and files[0] == "train":
@@ -201,7 +205,7 @@ def quality(
         out_console.print(json.dumps(metrics, indent=2, ensure_ascii=False, default=str))
         return
     cfg = {"model": model} if model else {}
-    _run_single_stage("quality", files, out, cfg, sets)
+    _run_single_stage("quality", files, out, cfg, sets, workers)
 
 
 @app.command()
@@ -214,6 +218,7 @@ def decontam(
     ),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="skip (and report) benchmarks without data"),
     sets: list[str] = typer.Option([], "--set", help="key=value config overrides, e.g. ngram=10"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """Drop rows containing an item of any benchmark of an eval suite (reason `contaminated`)."""
     cfg: dict[str, Any] = {"suite": suite}
@@ -221,7 +226,7 @@ def decontam(
         cfg["data_dir"] = str(Path(data_dir).expanduser().resolve())
     if skip_missing:
         cfg["skip_missing"] = True
-    _run_single_stage("decontam", files, out, cfg, sets)
+    _run_single_stage("decontam", files, out, cfg, sets, workers)
     from curation.decontam import DecontamFigures
     from curation.io import read_json
     from flows.summary import print_contamination
@@ -234,9 +239,10 @@ def decontam(
 
 @app.command()
 def score(files: list[str] = typer.Argument(...), out: Path = typer.Option(..., "--out"),
-          sets: list[str] = typer.Option([], "--set")) -> None:
+          sets: list[str] = typer.Option([], "--set"),
+          workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP)) -> None:
     """Complexity, task type and diversity features for every record."""
-    _run_single_stage("score", files, out, {}, sets)
+    _run_single_stage("score", files, out, {}, sets, workers)
 
 
 @app.command()
@@ -267,6 +273,7 @@ def curate(
     resume: bool = typer.Option(False, "--resume", help="skip stages already done with the same input+config"),
     sets: list[str] = typer.Option([], "--set"),
     local: bool = typer.Option(False, "--local", help="run without Prefect"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """Ingest + every curation stage of a recipe."""
     from flows import runner
@@ -277,7 +284,7 @@ def curate(
     if local:
         rd = runner.new_run_dir(r, out)
         with progress_bars() as pf:
-            summary = runner.step_curate(r, rd, resume=resume, progress_factory=pf)
+            summary = runner.step_curate(r, rd, resume=resume, progress_factory=pf, workers=workers)
         runner.write_run_info(rd, r, curate=summary)
         from flows.report import build_report
 
@@ -287,7 +294,7 @@ def curate(
         from flows.server import own_ephemeral_server
 
         own_ephemeral_server()
-        res = curate_flow(r, out, resume)
+        res = curate_flow(r, out, resume, workers=workers)
         rd, summary = Path(res["run_dir"]), res["curate"]
     print_curation(summary, out_console)
     out_console.print(f"run folder: {rd}")
@@ -383,9 +390,10 @@ def run(
     resume: bool = typer.Option(False, "--resume"),
     sets: list[str] = typer.Option([], "--set"),
     local: bool = typer.Option(False, "--local", help="run without Prefect"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """curate → SFT → before/after eval → gate, as one Prefect flow."""
-    _run_pipeline(recipe, out, resume, sets, local)
+    _run_pipeline(recipe, out, resume, sets, local, workers)
 
 
 @app.command()
@@ -393,9 +401,10 @@ def demo(
     out: str | None = typer.Option(None, "--out"),
     sets: list[str] = typer.Option([], "--set"),
     local: bool = typer.Option(False, "--local"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """The whole pipeline on the embedded demo data and SmolLM2-135M (offline, CPU ≤ 15 min)."""
-    _run_pipeline(DEMO_RECIPE, out, False, sets, local)
+    _run_pipeline(DEMO_RECIPE, out, False, sets, local, workers)
 
 
 @app.command()
@@ -419,7 +428,8 @@ def experiment(
     out_console.print(f"run folder: {res['run_dir']}")
 
 
-def _run_pipeline(recipe: Path, out: str | None, resume: bool, sets: list[str], local: bool) -> None:
+def _run_pipeline(recipe: Path, out: str | None, resume: bool, sets: list[str], local: bool,
+                  workers: int | None = None) -> None:
     from flows import runner
     from flows.recipe import load_recipe
     from flows.summary import print_curation, print_verdict
@@ -429,7 +439,7 @@ def _run_pipeline(recipe: Path, out: str | None, resume: bool, sets: list[str], 
     failed: Exception | None = None
     if local:
         with progress_bars() as pf:
-            summary = runner.step_curate(r, rd, resume=resume, progress_factory=pf)
+            summary = runner.step_curate(r, rd, resume=resume, progress_factory=pf, workers=workers)
             res: dict[str, Any] = {"curate": summary}
             if r.train is not None:
                 split = runner.step_split(r, rd)
@@ -444,7 +454,7 @@ def _run_pipeline(recipe: Path, out: str | None, resume: bool, sets: list[str], 
 
         own_ephemeral_server()
         try:
-            res = pipeline_flow(r, str(rd), resume)
+            res = pipeline_flow(r, str(rd), resume, workers=workers)
         except runner.GateFailed as e:
             failed = e
             res = {}

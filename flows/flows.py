@@ -34,13 +34,13 @@ def _recipe(recipe: str | Recipe, overrides: list[str] | None) -> Recipe:
 
 
 @task(name="curate-stages", **_TASK)
-def curate_task(recipe: Recipe, run_dir: Path, resume: bool) -> dict:
+def curate_task(recipe: Recipe, run_dir: Path, resume: bool, workers: int | None = None) -> dict:
     log = get_run_logger()
 
     def on_stage(name: str, st) -> None:
         log.info("%s: %s in → %s out; dropped %s", name, st.rows_in, st.rows_out, st.dropped_by_reason)
 
-    return runner.step_curate(recipe, run_dir, resume=resume, on_stage=on_stage)
+    return runner.step_curate(recipe, run_dir, resume=resume, on_stage=on_stage, workers=workers)
 
 
 @task(name="split-heldout", **_TASK)
@@ -60,11 +60,12 @@ def eval_task(recipe: Recipe, run_dir: Path, heldout: str | None) -> dict:
 
 @flow(name="curate", log_prints=True)
 def curate_flow(recipe: str | Recipe, run_dir: str | None = None, resume: bool = False,
-                overrides: list[str] | None = None) -> dict:
-    """Ingest and curate the recipe's sources; publishes the funnel as artifacts."""
+                overrides: list[str] | None = None, workers: int | None = None) -> dict:
+    """Ingest and curate the recipe's sources (per-row stages on ``workers`` processes, default one per
+    core); publishes the funnel as artifacts."""
     r = _recipe(recipe, overrides)
     rd = runner.new_run_dir(r, run_dir)
-    summary = curate_task(r, rd, resume)
+    summary = curate_task(r, rd, resume, workers)
     create_markdown_artifact(key=artifact_key(r, "curation-summary"), markdown=curate_markdown(summary, rd),
                              description=f"Curation funnel of {r.name}")
     create_table_artifact(key=artifact_key(r, "curation-funnel"), table=funnel_rows(summary),
@@ -111,10 +112,10 @@ def evaluate_flow(recipe: str | Recipe, run_dir: str, overrides: list[str] | Non
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(recipe: str | Recipe, run_dir: str | None = None, resume: bool = False,
-                  overrides: list[str] | None = None) -> dict[str, Any]:
+                  overrides: list[str] | None = None, workers: int | None = None) -> dict[str, Any]:
     """curate → SFT → before/after eval → gate, in one run folder."""
     r = _recipe(recipe, overrides)
-    cur = curate_flow(r, run_dir, resume)
+    cur = curate_flow(r, run_dir, resume, workers=workers)
     rd = cur["run_dir"]
     out: dict[str, Any] = {"run_dir": rd, "curate": cur["curate"]}
     if r.train is not None:

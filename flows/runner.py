@@ -19,6 +19,7 @@ from typing import Any
 
 from curation.io import read_json, write_json
 from curation.pipeline import CurateSummary, curate, split_heldout
+from curation.workers import local_executor
 from flows.recipe import Recipe
 
 
@@ -34,16 +35,19 @@ def new_run_dir(recipe: Recipe, out: str | None = None) -> Path:
 
 
 def step_curate(recipe: Recipe, run_dir: Path, resume: bool = False, progress_factory=None,
-                on_stage=None) -> CurateSummary:
-    return curate(
-        recipe.source_paths(),
-        recipe.stage_list(),
-        run_dir / "curate",
-        ingest_config=recipe.ingest,
-        resume=resume,
-        progress_factory=progress_factory,
-        on_stage=on_stage,
-    )
+                on_stage=None, workers: int | None = None) -> CurateSummary:
+    """Curate on ``workers`` local processes (None: ``$SFTFLOW_WORKERS``, else one per core)."""
+    with local_executor(workers) as executor:
+        return curate(
+            recipe.source_paths(),
+            recipe.stage_list(),
+            run_dir / "curate",
+            ingest_config=recipe.ingest,
+            resume=resume,
+            progress_factory=progress_factory,
+            on_stage=on_stage,
+            executor=executor,
+        )
 
 
 def step_split(recipe: Recipe, run_dir: Path) -> dict:
