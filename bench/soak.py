@@ -74,20 +74,30 @@ def _sentences(rng: random.Random, words: list[str], n_words: int) -> str:
     return " ".join(out)
 
 
-def make_task_rows(path: Path, n: int, seed: int = 0) -> dict[str, int]:
-    """Alpaca JSON Lines with planted exact copies, near copies and junk answers."""
+def make_task_rows(path: Path, n: int, seed: int = 0, copies: dict[int, tuple[str, int]] | None = None
+                   ) -> dict[str, int]:
+    """Alpaca JSON Lines with planted exact copies, near copies and junk answers.
+
+    ``copies``, when given, receives line → (``"exact"`` | ``"near"``, line copied from) for every planted copy.
+    """
     words, zh = _vocab()
     rng = random.Random(seed)
-    recent: list[dict] = []  # a window of earlier rows to copy from (compact: never the whole file)
+    recent: list[tuple[dict, int]] = []  # a window of earlier rows (and their lines) to copy from
     planted = {"exact": 0, "near": 0, "junk": 0}
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
             roll = rng.random()
             if recent and roll < 0.05:
-                row = dict(rng.choice(recent))
+                src, src_line = rng.choice(recent)
+                row = dict(src)
                 planted["exact"] += 1
+                if copies is not None:
+                    copies[i + 1] = ("exact", src_line)
             elif recent and roll < 0.08:
-                row = dict(rng.choice(recent))
+                src, src_line = rng.choice(recent)
+                row = dict(src)
+                if copies is not None:
+                    copies[i + 1] = ("near", src_line)
                 out = row["output"].split()
                 if len(out) > 30:  # one word of a long answer: Jaccard stays high
                     out[rng.randrange(len(out))] = rng.choice(words)
@@ -108,9 +118,9 @@ def make_task_rows(path: Path, n: int, seed: int = 0) -> dict[str, int]:
                     planted["junk"] += 1
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             if len(recent) < 2000:
-                recent.append(row)
+                recent.append((row, i + 1))
             elif rng.random() < 0.01:
-                recent[rng.randrange(len(recent))] = row
+                recent[rng.randrange(len(recent))] = (row, i + 1)
     return planted
 
 
