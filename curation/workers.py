@@ -44,8 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.errors import SftflowError
-from curation.io import LEDGER_SCHEMA, ParquetWriter, parquet_schema, rows_table
-from curation.records import Record
+from curation.io import LEDGER_SCHEMA, ParquetWriter, batch_records, parquet_schema, records_table, rows_table
 from curation.registry import SCORERS, SERVICES, STAGES
 from curation.runner import BATCH_SIZE, Executor, SerialExecutor, drive
 from curation.stage import Stage, drop_row
@@ -131,10 +130,10 @@ def run_chunk(job: ChunkJob) -> ChunkResult:
     def read():
         pf = pq.ParquetFile(job.input)
         for rb in pf.iter_batches(batch_size=job.batch_size, row_groups=list(job.row_groups)):
-            yield [Record.from_row(r) for r in rb.to_pylist()]
+            yield batch_records(rb)
 
     # converted to Arrow batch by batch: a chunk's rows are never all Python objects at once
-    stats = drive(stage, read, lambda rows: kept.append(rows_table([r.to_row() for r in rows], job.schema)),
+    stats = drive(stage, read, lambda rows: kept.append(records_table(rows, job.schema)),
                   lambda drops: ledger.append(rows_table([drop_row(d, stage.name) for d in drops], LEDGER_SCHEMA)))
     return ChunkResult(_concat(kept, job.schema), _concat(ledger, LEDGER_SCHEMA), stats)
 
