@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import pickle
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -142,7 +141,7 @@ def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def _init_worker(registries: dict[str, dict[str, Any]], threads: int) -> None:
+def _init_worker(registries: dict[str, dict[str, str]], threads: int) -> None:
     """Worker start: the parent's registry entries, and a fair share of math threads."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
@@ -151,17 +150,22 @@ def _init_worker(registries: dict[str, dict[str, Any]], threads: int) -> None:
         registry.update(registries.get(registry.kind, {}))
 
 
-def _registries() -> dict[str, dict[str, Any]]:
-    """The registries' entries that can travel to another process (names of importable objects)."""
-    out: dict[str, dict[str, Any]] = {}
+def _registries() -> dict[str, dict[str, str]]:
+    """The registries' entries as ``"module:attribute"`` names a worker can import.
+
+    Objects registered directly (a class, a function) travel by their qualified name; ones that
+    cannot be imported by name (defined inside a function) are left out: a worker cannot have them.
+    """
+    out: dict[str, dict[str, str]] = {}
     for registry in (STAGES, SCORERS, SERVICES):
         entries = {}
         for name, target in registry.items():
-            try:
-                pickle.dumps(target)
-            except Exception:  # noqa: BLE001 - a lambda or local class: the worker cannot have it
+            if isinstance(target, str):
+                entries[name] = target
                 continue
-            entries[name] = target
+            module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", "")
+            if module and qualname and "<locals>" not in qualname:
+                entries[name] = f"{module}:{qualname}"
         out[registry.kind] = entries
     return out
 
