@@ -44,6 +44,9 @@ class UserError(SftflowError):
 
 
 def main() -> None:
+    from curation.memory import tune_allocator
+
+    tune_allocator()  # big freed buffers go back to the OS (see curation/memory.py)
     try:
         app()
     except SftflowError as e:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.io import read_json, write_json
+from curation.memory import release_memory, tune_allocator
 from curation.pipeline import CurateSummary, curate, split_heldout
 from curation.workers import local_executor
 from flows.recipe import Recipe
@@ -37,17 +38,20 @@ def new_run_dir(recipe: Recipe, out: str | None = None) -> Path:
 def step_curate(recipe: Recipe, run_dir: Path, resume: bool = False, progress_factory=None,
                 on_stage=None, workers: int | None = None) -> CurateSummary:
     """Curate on ``workers`` local processes (None: ``$SFTFLOW_WORKERS``, else one per core)."""
-    with local_executor(workers) as executor:
-        return curate(
-            recipe.source_paths(),
-            recipe.stage_list(),
-            run_dir / "curate",
-            ingest_config=recipe.ingest,
-            resume=resume,
-            progress_factory=progress_factory,
-            on_stage=on_stage,
-            executor=executor,
-        )
+    try:
+        with local_executor(workers) as executor:
+            return curate(
+                recipe.source_paths(),
+                recipe.stage_list(),
+                run_dir / "curate",
+                ingest_config=recipe.ingest,
+                resume=resume,
+                progress_factory=progress_factory,
+                on_stage=on_stage,
+                executor=executor,
+            )
+    finally:
+        release_memory()  # selection's embedder, scorers: training and eval do not use them
 
 
 def step_split(recipe: Recipe, run_dir: Path) -> dict:
@@ -62,7 +66,11 @@ def step_train(recipe: Recipe, data: str, run_dir: Path, resume: bool = False, p
     from training.sft import train
 
     cfg = recipe.train_config()
-    return train(cfg, data, run_dir / "train", resume=resume, progress=progress)
+    tune_allocator()
+    try:
+        return train(cfg, data, run_dir / "train", resume=resume, progress=progress)
+    finally:
+        release_memory()  # the trained model: eval loads what it needs itself
 
 
 def step_eval(recipe: Recipe, run_dir: Path, heldout: str | None, progress=None) -> dict:
@@ -73,7 +81,11 @@ def step_eval(recipe: Recipe, run_dir: Path, heldout: str | None, progress=None)
         overrides["target_data"] = heldout
     cfg = recipe.eval_config(**overrides)
     base = recipe.train_config().model
-    return evaluate(cfg, base, str(run_dir / "train"), run_dir / "eval", progress=progress)
+    tune_allocator()
+    try:
+        return evaluate(cfg, base, str(run_dir / "train"), run_dir / "eval", progress=progress)
+    finally:
+        release_memory()
 
 
 def gate(recipe: Recipe, verdict: dict) -> str:
