@@ -38,7 +38,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -52,6 +52,7 @@ from curation.ingest import IngestConfig, RowError, SourceError, expand_sources,
 from curation.io import iter_record_batches
 from curation.records import Record, content_id
 from curation.stage import Stage, StageOutput
+from curation.stats import Figures, Sum
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,38 @@ class MixConfig(BaseModel):
         return v
 
 
+class Shortfall(Figures):
+    target: int
+    available: int
+    missing: int
+
+
+class MixFigures(Figures):
+    """The mixer's own figures (``stats.json`` ``extra``; the mixer adds rows, so it never runs on shards)."""
+
+    by: Literal["rows", "tokens"] = "rows"
+    ratio: float = 0.0
+    task_rows: Annotated[int, Sum] = 0
+    task_tokens: Annotated[int, Sum] = 0
+    #: general rows (or tokens) the ratio asks for
+    target_general: int = 0
+    general_sources: list[str] = Field(default_factory=list)
+    #: usable rows in the general pool, their size in the unit of ``by``, bad rows per file and reason
+    pool_rows: int | None = None
+    pool_total: int | None = None
+    pool_bad_rows: dict[str, dict[str, int]] = Field(default_factory=dict)
+    general_rows: int = 0
+    general_tokens: int = 0
+    #: the general share of the final mixture, in the unit of ``by``
+    achieved_ratio: float = 0.0
+    general_per_source: dict[str, int] = Field(default_factory=dict)
+    general_task_types: dict[str, int] = Field(default_factory=dict)
+    task_task_types: dict[str, int] = Field(default_factory=dict)
+    #: with ``strict: false``, how far the pool fell short (and the warning said so)
+    shortfall: Shortfall | None = None
+    warning: str | None = None
+
+
 class MixStage(Stage):
     """Tags task rows and adds a stratified, seeded sample of general rows (see module docstring)."""
 
@@ -116,6 +149,7 @@ class MixStage(Stage):
     Config: ClassVar[type[BaseModel]] = MixConfig
     version = 1
     attr_fields: ClassVar[dict[str, pa.DataType]] = {"mix_source": pa.string(), "mix_origin": pa.string()}
+    Figures: ClassVar[type[Figures]] = MixFigures
 
     def __init__(self, config: MixConfig | None = None):
         super().__init__(config)
@@ -371,8 +405,8 @@ class MixStage(Stage):
                 chosen.append(perm[:k])
         return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
-    def stats(self) -> dict[str, Any]:
-        return dict(self._report)
+    def stats(self) -> MixFigures:
+        return MixFigures.model_validate(self._report)
 
     def fingerprint(self) -> str:
         if self.config.decontam is None:

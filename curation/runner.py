@@ -75,7 +75,7 @@ def _outputs(stage: Stage, read: Callable[[], Iterable[list[Record]]] | None) ->
 
 def _figures(stage: Stage) -> dict[str, Any]:
     figures = stage.stats()
-    return figures.model_dump(mode="json") if isinstance(figures, Figures) else dict(figures)
+    return figures.to_json() if isinstance(figures, Figures) else dict(figures)
 
 
 def drive(

@@ -135,6 +135,10 @@ class Figures(BaseModel):
                 raise ValueError(f"{where}: shards differ and the field declares no merge rule")
         return cls.model_validate(merged)
 
+    def to_json(self) -> dict[str, Any]:
+        """The figures as ``stats.json`` holds them (by alias; a figure not measured is left out)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
 
 def _figures_type(annotation: Any) -> type[Figures] | None:
     if isinstance(annotation, type) and issubclass(annotation, Figures):
@@ -273,7 +277,7 @@ class StageStats(BaseModel):
         weights = [p.rows_in for p in parts]
         if figures is not None:
             typed = [figures.model_validate(p.extra) for p in parts]
-            extra = figures.merge(typed, weights, config).model_dump(mode="json")
+            extra = figures.merge(typed, weights, config).to_json()
         else:
             cap = getattr(config, "examples_per_reason", None) or DEFAULT_EXAMPLES
             extra = merge_untyped([p.extra for p in parts], weights, cap) or {}

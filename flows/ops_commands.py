@@ -39,15 +39,14 @@ def print_run(run: dict, history: list[dict]) -> None:
     """The run in the terminal: funnel, top drop reasons, training, verdict, trend."""
     from rich.table import Table
 
-    from curation.pipeline import CurateSummary
     from flows.report import fmt, key_figures
     from flows.summary import print_curation, print_verdict
 
     if run["summary"]:
-        print_curation(CurateSummary.model_validate(run["summary"]), out_console)
+        print_curation(run["summary"], out_console)
     elif run["stages"]:
         out_console.print("curation did not finish; stages done: "
-                          + ", ".join(f"{s['stage']} ({s.get('rows_in')} → {s.get('rows_out')})" for s in run["stages"]))
+                          + ", ".join(f"{s.stage} ({s.rows_in} → {s.rows_out})" for s in run["stages"]))
     else:
         out_console.print("curation: not run")
     fig = key_figures(run)
