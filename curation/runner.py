@@ -318,7 +318,10 @@ def clean_partial(folder: str | Path) -> None:
     folder = Path(folder)
     if folder.is_dir():
         for tmp in folder.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
         shutil.rmtree(folder / ".shards", ignore_errors=True)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli import UserError, app, out_console
+from flows.console import UserError, app, out_console
 
 
 @app.command()
@@ -133,6 +133,7 @@ def curate_sharded(
     sets: list[str] = typer.Option([], "--set"),
 ) -> None:
     """Curate with per-row stages sharded over a Dask cluster (SFTFLOW_DASK_ADDRESS, else a local one)."""
+    from curation.rundir import RunDir
     from flows.recipe import load_recipe
     from flows.scaleout import sharded_curate_flow
     from flows.server import own_ephemeral_server
@@ -143,6 +144,6 @@ def curate_sharded(
     res = sharded_curate_flow(r, out, shards, resume)
     print_curation(res["curate"], out_console)
     out_console.print(f"sharded stages: {', '.join(res['sharded_stages']) or 'none'}; run folder: {res['run_dir']}")
-    report = Path(res["run_dir"]) / "report.html"
+    report = RunDir(Path(res["run_dir"])).report
     if report.exists():
         out_console.print(f"report: {report}")

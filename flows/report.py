@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from curation.dedup import DedupFigures
+from curation.errors import SftflowError
 from curation.io import atomic_path
 from curation.mix import MixFigures
 from curation.pipeline import CurateSummary
@@ -53,6 +54,10 @@ CLUSTERS_SHOWN = 8
 SECTION_FAILED = "This section could not be drawn"
 
 log = logging.getLogger(__name__)
+
+
+class ReportError(SftflowError):
+    """The report cannot be built (no run folder there)."""
 
 SECTIONS: list[tuple[str, str]] = [
     ("overview", "Overview"),
@@ -274,7 +279,7 @@ def read_train_log(path: Path) -> list[dict[str, Any]]:
 
 def run_name(run_dir: Path) -> str:
     """The recipe name of a run (run.json), else the folder name without its time stamp."""
-    info = _read_json(run_dir / "run.json")
+    info = _read_json(RunDir(run_dir).info)
     name = _get(info, "recipe", "name")
     if isinstance(name, str) and name:
         return name
@@ -310,7 +315,7 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def _finished_at(run_dir: Path) -> str:
     """When the run's curation finished (summary.json written), else now; UTC, ISO 8601."""
-    marker = run_dir / "curate" / "summary.json"
+    marker = RunDir(run_dir).curate.summary
     stamp = marker.stat().st_mtime if marker.exists() else dt.datetime.now().timestamp()
     return dt.datetime.fromtimestamp(stamp, dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -543,7 +548,7 @@ def _funnel(run: dict[str, Any], figure: _Figures) -> str:
 def _drops(run: dict[str, Any]) -> str:
     counts: Counter = run["ledger"]["counts"]
     if not counts:
-        return _not_run("Ledger") if not (run["run_dir"] / "curate" / "ledger.parquet").exists() else \
+        return _not_run("Ledger") if not RunDir(run["run_dir"]).curate.ledger.exists() else \
             "<p>No row was dropped.</p>"
     out = [f"<p>{sum(counts.values()):,} dropped rows; the first {EXAMPLES_PER_REASON} of each stage and reason "
            "are shown (all of them are in <code>curate/ledger.parquet</code>, with the full row).</p>"]
@@ -1008,7 +1013,7 @@ def build_report(run_dir: str | os.PathLike, *, history: bool = True) -> Path:
     """
     rd = Path(run_dir)
     if not rd.is_dir():
-        raise FileNotFoundError(f"{rd}: no such run folder")
+        raise ReportError(f"{rd}: no such run folder")
     run = load_run(rd)
     trend: list[dict[str, Any]] = []
     if history and run["stages"]:
@@ -1016,7 +1021,7 @@ def build_report(run_dir: str | os.PathLike, *, history: bool = True) -> Path:
     elif history:
         trend = read_history(history_path(rd, run["name"]))
     page = render_report(run, trend)
-    out = rd / "report.html"
+    out = RunDir(rd).report
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return out

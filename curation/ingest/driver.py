@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from curation.ingest.base import PREVIEW_CHARS, SURROGATE_RE, IngestConfig, RowError, clean
 from curation.ingest.formats import row_to_record
 from curation.ingest.readers import _expand, iter_raw_rows
+from curation.io import folder_lock
 from curation.records import Record, content_id
 from curation.stage import Drop, SourceStage, StageOutput
 from curation.stats import Concat, Figures, StageStats, Sum
@@ -199,7 +200,8 @@ def ingest(
     from curation.runner import run_stage
 
     out_dir = Path(out_dir)
-    stats = run_stage(IngestStage(config, sources), None, out_dir, progress=progress)
+    with folder_lock(out_dir):
+        stats = run_stage(IngestStage(config, sources), None, out_dir, progress=progress)
     return IngestResult(stats, out_dir / "output.parquet", out_dir / "ledger.parquet")
 
 
