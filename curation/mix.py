@@ -162,6 +162,7 @@ class MixStage(Stage):
         self._decontam: DecontamStage | None = None
         self._pool_removed: Counter[str] = Counter()
         self._pool_examples: list[dict[str, Any]] = []
+        self._sources()  # a missing general file fails now, not after the task data was read
 
     def process(self, batch: list[Record]) -> StageOutput:
         for r in batch:
