@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from curation.decontam import DecontamConfig, DecontamStage
 from curation.errors import SftflowError
 from curation.features import classify_tasks, complexity_features_many, complexity_score
-from curation.ingest import IngestConfig, RowError, SourceError, expand_sources, iter_raw_rows, row_to_record
+from curation.ingest import IngestConfig, SourceError, expand_sources, iter_records
 from curation.io import iter_record_batches
 from curation.records import Record, content_id
 from curation.stage import Stage, StageOutput
@@ -190,14 +190,9 @@ class MixStage(Stage):
             return
         icfg = IngestConfig(field_map=self.config.field_map, batch_size=self.config.batch_size)
         seen: Counter[str] = Counter()
-        for lineno, row, err in iter_raw_rows(path, icfg):
-            if err is not None:
+        for _, rec, err in iter_records(path, icfg):
+            if rec is None:
                 yield None, err.reason
-                continue
-            try:
-                rec, _ = row_to_record(row, path, lineno, icfg)
-            except RowError as e:
-                yield None, e.reason
                 continue
             if not rec.id:
                 base = content_id(rec.messages, rec.text)

@@ -144,17 +144,11 @@ def iter_input_records(path: str | os.PathLike) -> Iterator[Record]:
                 if line.strip():
                     yield Record(id=f"{p.name}:{i}", text=line.rstrip("\n"), source=str(p), line=i)
         return
-    from curation.ingest import IngestConfig, RowError, iter_raw_rows, row_to_record
+    from curation.ingest import IngestConfig, iter_records
 
-    cfg = IngestConfig()
-    for lineno, row, err in iter_raw_rows(str(p), cfg):
-        if err is not None:
-            continue
-        try:
-            rec, _ = row_to_record(row, str(p), lineno, cfg)
-        except RowError:
-            continue
-        yield rec
+    for _, rec, _ in iter_records(str(p), IngestConfig()):
+        if rec is not None:  # a bad row is no example
+            yield rec
 
 
 def _files_hash(paths: list[str]) -> str:

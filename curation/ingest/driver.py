@@ -205,6 +205,27 @@ def ingest(
     return IngestResult(stats, out_dir / "output.parquet", out_dir / "ledger.parquet")
 
 
+def iter_records(path: str, config: IngestConfig) -> Iterator[tuple[int, Record | None, RowError | None]]:
+    """Every row of one source as ``(line, record, None)``, or ``(line, None, error)`` when it cannot be one.
+
+    For readers of a single source that want records, not an ingest stage (the mixer's general pool,
+    quality-classifier training files): rows are converted exactly as ingest converts them, but ids
+    are not made unique across sources and nothing is written.
+    """
+    for lineno, row, err in iter_raw_rows(path, config):
+        if err is None:
+            try:
+                rec, _ = row_to_record(row, path, lineno, config)
+            except RowError as e:
+                err = e
+            except RecursionError:
+                err = RowError("nested_too_deep", "row is nested too deeply")
+            else:
+                yield lineno, rec, None
+                continue
+        yield lineno, None, err
+
+
 def _own_id(row: Any, config: IngestConfig) -> str | None:
     """The id a raw row gives itself (``id``, or the field mapped to it), when it is readable."""
     if not isinstance(row, dict):
@@ -277,4 +298,4 @@ def _preview(row: Any) -> str:
     return clean(s[:PREVIEW_CHARS])
 
 
-__all__ = ["IngestFigures", "IngestResult", "IngestStage", "ingest", "sources_fingerprint"]
+__all__ = ["IngestFigures", "IngestResult", "IngestStage", "ingest", "iter_records", "sources_fingerprint"]
