@@ -8,8 +8,9 @@ is the runner's, the same as ``--local``'s. By default Prefect runs an ephemeral
 ``PREFECT_API_URL`` set, flows report to that server instead.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Prefect pickles a served flow's local modules by value,
+# and a function pickled by value keeps only the globals its code uses — string annotations naming
+# ``Recipe`` could then not be resolved when Prefect validates a flow's parameters.
 from typing import Any
 
 from prefect import flow, get_run_logger, task
