@@ -116,6 +116,19 @@ class Shortfall(Figures):
     missing: int
 
 
+class PoolDecontam(Figures):
+    """General rows removed from the pool because they hold a benchmark item (``mix.decontam``)."""
+
+    suite: str
+    #: the benchmark index checked against (its cache key), the benchmarks in it, those skipped and why
+    index: str = ""
+    benchmarks: list[str] = Field(default_factory=list)
+    skipped: dict[str, str] = Field(default_factory=dict)
+    removed: int = 0
+    removed_per_benchmark: dict[str, int] = Field(default_factory=dict)
+    examples: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class MixFigures(Figures):
     """The mixer's own figures (``stats.json`` ``extra``; the mixer adds rows, so it never runs on shards)."""
 
@@ -137,6 +150,8 @@ class MixFigures(Figures):
     general_per_source: dict[str, int] = Field(default_factory=dict)
     general_task_types: dict[str, int] = Field(default_factory=dict)
     task_task_types: dict[str, int] = Field(default_factory=dict)
+    #: general rows dropped for holding a benchmark item (with ``decontam``)
+    pool_decontam: PoolDecontam | None = None
     #: with ``strict: false``, how far the pool fell short (and the warning said so)
     shortfall: Shortfall | None = None
     warning: str | None = None

@@ -40,6 +40,7 @@ def _cases(f: dict[str, Path]) -> list[tuple[list[str], str]]:
         (["quality", "train", "--pos", missing, "--neg", missing, "--out", out], "missing.jsonl: no such file"),
         (["score", missing, "--out", out], "missing.jsonl: no such file or directory"),
         (["select", good, "--out", out, "--budget", "-3"], "select.budget"),
+        (["decontam", missing, "--out", out], "missing.jsonl: no such file or directory"),
         (["mix", "--task", good, "--general", missing, "--out", out], "mix: general data: "),
         (["mix", "--task", missing, "--general", good, "--out", out], "missing.jsonl: no such file or directory"),
         (["curate", "--recipe", str(f["recipe"]), "--local", "--out", out], "stages[0].dedup.threshold"),
