@@ -128,13 +128,3 @@ def test_two_runs_into_one_folder_the_second_is_refused_in_one_line(tmp_path):
         holder.wait(timeout=30)
     res = _run("dedup", str(src), "--out", str(out))
     assert res.returncode == 0, res.stderr[-2000:]
-
-
-def test_the_cli_starts_without_torch_transformers_or_prefect():
-    """--help and the stage commands must start fast: the heavy libraries load only in the commands that use them."""
-    code = ("import sys, flows.cli\n"
-            "heavy = sorted(m for m in ('torch', 'transformers', 'prefect', 'peft', 'datasets') if m in sys.modules)\n"
-            "print(','.join(heavy))")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == ""
