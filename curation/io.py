@@ -117,15 +117,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     A folder cannot be renamed over a non-empty one, so an existing ``path`` is first renamed aside
     (``.<name>.old-*.tmp``) and removed after: at every instant ``path`` is either absent, the old
     complete folder or the new complete one — never half written, even after ``kill -9``. What a
-    killed writer leaves (``.<name>.*.tmp`` folders) is removed by the next writer of ``path``.
+    killed writer leaves (``.<name>.*.tmp`` folders) is removed by the next writer of ``path``; a full
+    disk is a :class:`DiskFullError` naming ``path``, with the temp folder removed.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".{final.name}.*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    with disk_full_names(final):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
-        yield tmp
+        with disk_full_names(final):  # a full disk while writing: one line naming the folder, temp freed
+            yield tmp
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", suffix=".tmp", dir=final.parent))

@@ -58,3 +58,25 @@ def test_release_happens_when_the_block_fails(tmp_path):
     holder = _hold(tmp_path / "a")  # _hold waits until the other process has it
     holder.kill()
     holder.wait(timeout=30)
+
+
+def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    import errno
+
+    from curation.io import DiskFullError, atomic_dir
+
+    target = tmp_path / "adapter"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("v1")
+    assert (target / "weights").read_text() == "v1"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("v2")
+        assert (target / "weights").read_text() == "v1"  # the old folder stays until the new one is complete
+    assert (target / "weights").read_text() == "v2"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("killed while writing")
+    assert (target / "weights").read_text() == "v2"
+    with pytest.raises(DiskFullError, match="adapter"), atomic_dir(target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temp folder left behind
