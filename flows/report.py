@@ -65,6 +65,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("drops", "Dropped rows"),
     ("scores", "Scores"),
     ("dedup", "Duplicates"),
+    ("contamination", "Contamination"),
     ("distributions", "Task types & languages"),
     ("diversity", "Diversity"),
     ("mix", "Mixture"),
@@ -660,6 +661,68 @@ def _dedup(run: dict[str, Any], figure: _Figures) -> str:
     return "".join(parts)
 
 
+def _contamination(run: dict[str, Any]) -> str:
+    """Rows removed per benchmark, examples with the matched span, and whether the eval's benchmarks were covered."""
+    from curation.decontam import contamination_block
+
+    st = _stage(run["stages"], "decontam")
+    mix = _extra(run["stages"], "mix")
+    verdict = _dict(run["verdict"])
+    block = _dict(verdict.get("contamination"))
+    if not block and (st is not None or verdict):
+        try:
+            block = contamination_block(_dict(st.get("extra")) if st else None, list(_dict(verdict.get("tasks"))),
+                                        pool=_dict(mix.get("pool_decontam")) or None,
+                                        general_rows=int(_num(mix.get("general_rows")) or 0))
+        except ValueError:  # figures of another version: show what there is below
+            block = {}
+    parts = []
+    if block.get("warning"):
+        parts.append(f'<p class="warn">{esc(block["warning"])}</p>')
+    elif verdict and block.get("covers_eval"):
+        parts.append("<p>Every benchmark the eval ran was checked against the training data.</p>")
+    if st is None:
+        return "".join(parts) or _not_run("Decontamination")
+    ex = _dict(st.get("extra"))
+    index = _dict(ex.get("index"))
+    removed = _counts(ex.get("removed_per_benchmark"))
+    pool = _dict(mix.get("pool_decontam"))
+    pool_removed = _counts(pool.get("removed_per_benchmark"))
+    total = sum(removed.values())
+    rate = total / st["rows_in"] if st.get("rows_in") else 0.0
+    parts.append(
+        f"<p>Checked against every item of suite <code>{esc(ex.get('suite'))}</code>: "
+        f"{len(_list(index.get('benchmarks')))} benchmarks, {esc(index.get('documents'))} texts "
+        f"(index {esc('/'.join(map(str, _list(index.get('cache')))))}, {fmt(_num(index.get('seconds')), 2)} s). "
+        f"{total:,} of {st.get('rows_in', 0):,} training rows removed ({_pct(rate)})"
+        + (f"; {sum(pool_removed.values()):,} rows of the general pool left out of the replay" if pool else "")
+        + ".</p>")
+    docs = _counts(index.get("documents_per_benchmark"))
+    short, template = _counts(index.get("unmatchable")), _counts(index.get("template"))
+    names = sorted(set(docs) | set(removed) | set(pool_removed),
+                   key=lambda b: (-removed.get(b, 0) - pool_removed.get(b, 0), b))
+    rows = [[b, int(removed.get(b, 0)), int(pool_removed.get(b, 0)) if pool else "–", int(docs.get(b, 0)),
+             int(short.get(b, 0)), int(template.get(b, 0))] for b in names]
+    parts.append(_table(["benchmark", "training rows removed", "general-pool rows removed", "texts indexed",
+                         "too short to match", "template wording"], rows))
+    for b, why in _dict(index.get("skipped")).items():
+        parts.append(f'<p class="warn">Skipped {esc(b)}: {esc(why)}</p>')
+    examples = [(b, e) for b, es in _dict(ex.get("examples")).items() for e in _list(es) if isinstance(e, dict)]
+    examples += [("general pool: " + str(e.get("benchmark")), e) for e in _list(pool.get("examples"))
+                 if isinstance(e, dict)]
+    if examples:
+        parts.append("<h3>Examples (the matched span, normalised)</h3>" + _table(
+            ["benchmark", "row", "item", "field", "overlap", "matched span"],
+            [[b, f"<code>{esc(e.get('id'))}</code>", e.get("item"), e.get("field"),
+              "whole text" if e.get("whole") else f"{fmt(_num(e.get('coverage')), 2)} of {esc(e.get('total'))} n-grams",
+              f"<pre>{esc(_cut(e.get('span'), 300))}</pre>"] for b, e in examples],
+            raw_cols={1, 5}))
+    settings = _dict(ex.get("settings"))
+    if settings:
+        parts.append("<h3>Settings</h3>" + _kv_table(settings))
+    return "".join(parts)
+
+
 def _bars_before_after(title: str, before: dict | None, after: dict | None, figure: _Figures) -> str:
     import plotly.graph_objects as go
 
@@ -971,6 +1034,7 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "drops": lambda: _drops(run),
         "scores": lambda: _scores(run, figure),
         "dedup": lambda: _dedup(run, figure),
+        "contamination": lambda: _contamination(run),
         "distributions": lambda: _distributions(run, figure),
         "diversity": lambda: _diversity(run, figure),
         "mix": lambda: _mix(run, figure),

@@ -84,3 +84,36 @@ def test_recipe_decontam_uses_eval_data_and_checks_the_mix_pool(tmp_path):
     )
     stages = dict(load_recipe(recipe).stage_list())
     assert stages["decontam"].data_dir == str(tmp_path / "other") and stages["mix"].decontam is None
+
+
+def test_report_contamination_section(tmp_path, monkeypatch):
+    """Rows removed per benchmark (training data and general pool), examples with spans, and the verdict's coverage."""
+    import flows  # noqa: F401
+    from curation.io import write_json
+    from curation.pipeline import curate
+    from flows.report import build_report
+
+    monkeypatch.setenv("SFTFLOW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SFTFLOW_HISTORY_DIR", str(tmp_path / "history"))
+    data = _benchmarks(tmp_path / "bench")
+    src, pool = tmp_path / "in.jsonl", tmp_path / "pool.jsonl"
+    src.write_text("".join(json.dumps({"instruction": q, "output": "ok"}) + "\n" for q in (
+        "Which gas do plants take in from the air to make their food? <b>", "Write a limerick.", "Name a river.")))
+    pool.write_text("".join(json.dumps({"instruction": q, "output": "ok"}) + "\n" for q in (
+        "which gas do plants take in from the air to make their food", "Say hello.", "Count to three.")))
+    dc = {"suite": "arc_easy", "data_dir": str(data)}
+    run = tmp_path / "run-1"
+    curate([str(src)], [("decontam", dc), ("mix", {"general": [str(pool)], "ratio": 0.3, "decontam": dc})],
+           run / "curate")
+    write_json(run / "eval" / "verdict.json", {"verdict": "PASS", "tasks": {"arc_easy": {"n": 1}, "piqa": {"n": 1}}})
+    html = build_report(run).read_text(encoding="utf-8")
+    sec = html.split('<section id="contamination">')[1].split("</section>")[0]
+    assert "1 of 3 training rows removed" in sec and "1 rows of the general pool left out" in sec
+    assert "which gas do plants take in from the air to make their food" in sec  # the matched span
+    assert "not checked against piqa" in sec  # the eval ran a task the data was not checked against
+    # a run without a decontam stage warns
+    plain = tmp_path / "run-2"
+    curate([str(src)], [("quality", {})], plain / "curate")
+    write_json(plain / "eval" / "verdict.json", {"verdict": "PASS", "tasks": {"arc_easy": {"n": 1}}})
+    sec = build_report(plain).read_text(encoding="utf-8").split('<section id="contamination">')[1]
+    assert "not decontaminated" in sec.split("</section>")[0]
