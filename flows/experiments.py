@@ -47,7 +47,8 @@ def replay_arm(recipe: Recipe, rd: RunDir, ratio: float) -> dict[str, Any]:
         mix_cfg["decontam"] = decontam  # the replayed general rows are checked like the task rows
     mix_stats = run_stage(build_stage("mix", mix_cfg), rd.split_train, arm.mix, resume=True)
     tr = runner.step_train(recipe, arm.mix / "output.parquet", arm)
-    verdict = runner.step_eval(recipe, arm, rd.split_heldout)
+    # the arm's training data: the run's curation, then this arm's mix
+    verdict = runner.step_eval(recipe, arm, rd.split_heldout, curation=[*rd.curate.stages(), arm.mix])
     return {"ratio": ratio, "mix": mix_stats, "train": tr, "verdict": verdict}
 
 

@@ -663,53 +663,48 @@ def _dedup(run: dict[str, Any], figure: _Figures) -> str:
 
 def _contamination(run: dict[str, Any]) -> str:
     """Rows removed per benchmark, examples with the matched span, and whether the eval's benchmarks were covered."""
-    from curation.decontam import contamination_block
+    from curation.decontam import DecontamFigures, contamination_block
+    from curation.mix import MixFigures
 
     st = _stage(run["stages"], "decontam")
-    mix = _extra(run["stages"], "mix")
+    fig = _figures(run["stages"], "decontam", DecontamFigures)
+    mix = _figures(run["stages"], "mix", MixFigures)
+    pool = mix.pool_decontam if mix is not None else None
     verdict = _dict(run["verdict"])
     block = _dict(verdict.get("contamination"))
     if not block and (st is not None or verdict):
-        try:
-            block = contamination_block(_dict(st.get("extra")) if st else None, list(_dict(verdict.get("tasks"))),
-                                        pool=_dict(mix.get("pool_decontam")) or None,
-                                        general_rows=int(_num(mix.get("general_rows")) or 0))
-        except ValueError:  # figures of another version: show what there is below
-            block = {}
+        block = contamination_block(fig, list(_dict(verdict.get("tasks"))),
+                                    pool=pool.model_dump() if pool is not None else None,
+                                    general_rows=mix.general_rows if mix is not None else 0)
     parts = []
     if block.get("warning"):
         parts.append(f'<p class="warn">{esc(block["warning"])}</p>')
     elif verdict and block.get("covers_eval"):
         parts.append("<p>Every benchmark the eval ran was checked against the training data.</p>")
-    if st is None:
+    if fig is None:
         return "".join(parts) or _not_run("Decontamination")
-    ex = _dict(st.get("extra"))
-    index = _dict(ex.get("index"))
-    removed = _counts(ex.get("removed_per_benchmark"))
-    pool = _dict(mix.get("pool_decontam"))
-    pool_removed = _counts(pool.get("removed_per_benchmark"))
+    index = fig.index
+    removed = fig.removed_per_benchmark
+    pool_removed = pool.removed_per_benchmark if pool is not None else {}
     total = sum(removed.values())
-    rate = total / st["rows_in"] if st.get("rows_in") else 0.0
+    rate = total / st.rows_in if st.rows_in else 0.0
     parts.append(
-        f"<p>Checked against every item of suite <code>{esc(ex.get('suite'))}</code>: "
-        f"{len(_list(index.get('benchmarks')))} benchmarks, {esc(index.get('documents'))} texts "
-        f"(index {esc('/'.join(map(str, _list(index.get('cache')))))}, {fmt(_num(index.get('seconds')), 2)} s). "
-        f"{total:,} of {st.get('rows_in', 0):,} training rows removed ({_pct(rate)})"
-        + (f"; {sum(pool_removed.values()):,} rows of the general pool left out of the replay" if pool else "")
+        f"<p>Checked against every item of suite <code>{esc(fig.suite)}</code>: {len(index.benchmarks)} benchmarks, "
+        f"{index.documents:,} texts (index {esc('/'.join(index.cache))}, {fmt(index.seconds, 2)} s). "
+        f"{total:,} of {st.rows_in:,} training rows removed ({_pct(rate)})"
+        + (f"; {pool.removed:,} rows of the general pool left out of the replay" if pool is not None else "")
         + ".</p>")
-    docs = _counts(index.get("documents_per_benchmark"))
-    short, template = _counts(index.get("unmatchable")), _counts(index.get("template"))
+    docs, short, template = index.documents_per_benchmark, index.unmatchable, index.template
     names = sorted(set(docs) | set(removed) | set(pool_removed),
                    key=lambda b: (-removed.get(b, 0) - pool_removed.get(b, 0), b))
-    rows = [[b, int(removed.get(b, 0)), int(pool_removed.get(b, 0)) if pool else "–", int(docs.get(b, 0)),
-             int(short.get(b, 0)), int(template.get(b, 0))] for b in names]
+    rows = [[b, removed.get(b, 0), pool_removed.get(b, 0) if pool is not None else "–", docs.get(b, 0),
+             short.get(b, 0), template.get(b, 0)] for b in names]
     parts.append(_table(["benchmark", "training rows removed", "general-pool rows removed", "texts indexed",
                          "too short to match", "template wording"], rows))
-    for b, why in _dict(index.get("skipped")).items():
+    for b, why in index.skipped.items():
         parts.append(f'<p class="warn">Skipped {esc(b)}: {esc(why)}</p>')
-    examples = [(b, e) for b, es in _dict(ex.get("examples")).items() for e in _list(es) if isinstance(e, dict)]
-    examples += [("general pool: " + str(e.get("benchmark")), e) for e in _list(pool.get("examples"))
-                 if isinstance(e, dict)]
+    examples = [(b, e) for b, es in fig.examples.items() for e in es]
+    examples += [("general pool: " + str(e.get("benchmark")), e) for e in (pool.examples if pool is not None else [])]
     if examples:
         parts.append("<h3>Examples (the matched span, normalised)</h3>" + _table(
             ["benchmark", "row", "item", "field", "overlap", "matched span"],
@@ -717,9 +712,8 @@ def _contamination(run: dict[str, Any]) -> str:
               "whole text" if e.get("whole") else f"{fmt(_num(e.get('coverage')), 2)} of {esc(e.get('total'))} n-grams",
               f"<pre>{esc(_cut(e.get('span'), 300))}</pre>"] for b, e in examples],
             raw_cols={1, 5}))
-    settings = _dict(ex.get("settings"))
-    if settings:
-        parts.append("<h3>Settings</h3>" + _kv_table(settings))
+    if fig.settings:
+        parts.append("<h3>Settings</h3>" + _kv_table(fig.settings))
     return "".join(parts)
 
 

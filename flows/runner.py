@@ -17,7 +17,7 @@ object — how each step is executed and what is published after it — never th
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,8 +73,12 @@ def step_train(recipe: Recipe, data: str | os.PathLike, rd: RunDir, resume: bool
     return train(recipe.train_config(), data, rd.train.root, resume=resume, progress=progress)
 
 
-def step_eval(recipe: Recipe, rd: RunDir, heldout: str | os.PathLike | None, progress=None) -> dict:
+def step_eval(recipe: Recipe, rd: RunDir, heldout: str | os.PathLike | None, progress=None,
+              curation: Sequence[str | os.PathLike] | None = None) -> dict:
+    """Evaluate ``rd``'s trained model; the verdict gets a ``contamination`` block from the stages that made
+    the training data (``curation``: stage folders, default ``rd``'s curation) and is rewritten with it."""
     from evals.run import evaluate
+    from flows.contamination import verdict_contamination
 
     overrides: dict[str, Any] = {}
     target = (recipe.eval or {}).get("target_data")
@@ -83,7 +87,11 @@ def step_eval(recipe: Recipe, rd: RunDir, heldout: str | os.PathLike | None, pro
     elif heldout:
         overrides["target_data"] = str(heldout)
     cfg = recipe.eval_config(**overrides)
-    return evaluate(cfg, recipe.train_config().model, str(rd.train.root), rd.eval.root, progress=progress)
+    verdict = evaluate(cfg, recipe.train_config().model, str(rd.train.root), rd.eval.root, progress=progress)
+    stage_dirs = rd.curate.stages() if curation is None else curation
+    verdict["contamination"] = verdict_contamination(stage_dirs, verdict)
+    write_json(rd.eval.verdict, verdict)
+    return verdict
 
 
 def gate(recipe: Recipe, verdict: dict) -> str:
