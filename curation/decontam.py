@@ -531,7 +531,12 @@ class DecontamIndex:
 
     # -- persistence (numpy + parquet + json: nothing executable) ---------------------------------
     def save(self, folder: Path) -> Path:
-        """Publish the index as ``folder`` atomically (a complete folder or none)."""
+        """Publish the index as ``folder`` atomically (a complete folder or none).
+
+        Not :func:`curation.io.atomic_dir`: shards of one run (process pool, Dask) may build the same
+        content-keyed index at once, and atomic_dir's clean-up of stale temp folders would remove a
+        sibling's folder mid-write; here the first complete folder wins and the others are dropped.
+        """
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
