@@ -51,7 +51,7 @@ def steps(sets: list[str], out: Path) -> None:
     from flows.report import build_report
 
     recipe = load_recipe(REPO / "configs" / "demo.yaml", sets)
-    rd = out / "run"
+    rd = runner.new_run_dir(recipe, out / "run")
     print(f"{'step':<10} {'peak RSS GiB':>13} {'RSS after GiB':>14} {'seconds':>8}")
     print(f"{'(start)':<10} {'':>13} {_status('VmRSS') / GiB:>14.2f}")
     split: dict = {}

@@ -18,6 +18,7 @@ from curation.io import ROW_GROUP_ROWS
 from curation.registry import SCORERS
 from curation.runner import SerialExecutor, run_stage
 from curation.stage import Stage, StageOutput, build_stage
+from curation.stats import Figures
 from curation.workers import PoolExecutor, WorkerDied, WorkerPool, chunks, local_executor, resolve_workers
 from tests.curation.test_scorers import FakeScorer
 
@@ -104,6 +105,7 @@ class DieOnMarker(Stage):
 
     name: ClassVar[str] = "die_on_marker"
     Config = DieConfig
+    Figures = Figures  # no figures of its own; declared, so the stage is per-row (runs on the pool)
 
     def process(self, batch):
         for r in batch:
