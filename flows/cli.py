@@ -437,7 +437,7 @@ def _run_pipeline(recipe: Path, out: str | None, resume: bool, sets: list[str], 
                                                  progress=_steps(pf("train steps", r.train_config().max_steps)))
                 if r.eval is not None:
                     res["verdict"] = runner.step_eval(r, rd, split["heldout"], progress=_stages(pf))
-        runner.write_run_info(rd, r, curate=summary, verdict=(res.get("verdict") or {}).get("verdict"))
+        runner.write_run_info(rd, r, curate=summary, verdict=res["verdict"].verdict if res.get("verdict") else None)
     else:
         from flows.flows import pipeline_flow
         from flows.server import own_ephemeral_server
@@ -470,7 +470,9 @@ def _finish(rd: Path, res: dict, failed: Exception | None, print_curation, print
             f"{f(tr.get('final_loss'))}, {f(tr.get('tokens_per_s'), 0)} tokens/s ({tr.get('precision')}, "
             f"{tr.get('device')}); outputs in {rd / 'train'}"
         )
-    verdict = res.get("verdict") or (read_json(rd / "eval" / "verdict.json")
+    from evals.verdict import Verdict
+
+    verdict = res.get("verdict") or (Verdict.load(rd / "eval" / "verdict.json")
                                      if (rd / "eval" / "verdict.json").exists() else None)
     if verdict:
         print_verdict(verdict, out_console)

@@ -16,10 +16,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from evals.verdict import Verdict
 from flows import runner
 from flows.deploy import publish_report, publish_training
 from flows.recipe import Recipe, load_recipe
-from flows.summary import curate_markdown, eval_markdown, funnel_rows, train_markdown
+from flows.summary import curate_markdown, eval_markdown, funnel_rows, train_markdown, verdict_rows
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -54,7 +55,7 @@ def train_task(recipe: Recipe, data: str, run_dir: Path, resume: bool) -> dict:
 
 
 @task(name="regression-eval", **_TASK)
-def eval_task(recipe: Recipe, run_dir: Path, heldout: str | None) -> dict:
+def eval_task(recipe: Recipe, run_dir: Path, heldout: str | None) -> Verdict:
     return runner.step_eval(recipe, run_dir, heldout)
 
 
@@ -90,7 +91,7 @@ def sft_flow(recipe: str | Recipe, run_dir: str, resume: bool = False, overrides
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_flow(recipe: str | Recipe, run_dir: str, overrides: list[str] | None = None) -> dict:
+def evaluate_flow(recipe: str | Recipe, run_dir: str, overrides: list[str] | None = None) -> Verdict:
     """Before/after regression eval of a trained run folder, then the gate (may fail the flow)."""
     r = _recipe(recipe, overrides)
     rd = Path(run_dir)
@@ -98,14 +99,16 @@ def evaluate_flow(recipe: str | Recipe, run_dir: str, overrides: list[str] | Non
     verdict = eval_task(r, rd, str(held) if held.exists() else None)
     create_markdown_artifact(key=artifact_key(r, "eval-verdict"), markdown=eval_markdown(verdict),
                              description=f"Before/after eval of {r.name}")
-    rows = [{"task": k, **{m: v.get(m) for m in ("base", "tuned", "delta", "ci_low", "ci_high", "p_value", "n")}}
-            for k, v in verdict.get("tasks", {}).items()]
-    create_table_artifact(key=artifact_key(r, "eval-tasks"), table=rows, description="per-task before/after")
-    runner.write_run_info(rd, r, verdict=verdict.get("verdict"))
+    rows = [{k: (", ".join(f"{x:+.4f}" for x in v) if isinstance(v, list) else v) for k, v in row.items()}
+            for row in verdict_rows(verdict)]
+    create_table_artifact(key=artifact_key(r, "eval-tasks"), table=rows,
+                          description="per-task before/after: accuracy + McNemar, gold-answer probability + "
+                                      "sign-flip, Holm; the suite-level test last")
+    runner.write_run_info(rd, r, verdict=verdict.verdict)
     publish_report(r, rd)  # before the gate: a failed gate still has its report
     outcome = runner.gate(r, verdict)  # raises GateFailed → the flow run fails
     if outcome == "warn":
-        get_run_logger().warning("regression gate: verdict %s (recipe says warn)", verdict.get("verdict"))
+        get_run_logger().warning("regression gate: verdict %s (recipe says warn)", verdict.verdict)
     return verdict
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from curation.io import read_json, write_json
 from curation.pipeline import CurateSummary, curate, split_heldout
+from evals.verdict import Verdict
 from flows.recipe import Recipe
 
 
@@ -61,7 +62,7 @@ def step_train(recipe: Recipe, data: str, run_dir: Path, resume: bool = False, p
     return train(cfg, data, run_dir / "train", resume=resume, progress=progress)
 
 
-def step_eval(recipe: Recipe, run_dir: Path, heldout: str | None, progress=None) -> dict:
+def step_eval(recipe: Recipe, run_dir: Path, heldout: str | None, progress=None) -> Verdict:
     from evals.run import evaluate
 
     overrides: dict[str, Any] = {}
@@ -72,12 +73,12 @@ def step_eval(recipe: Recipe, run_dir: Path, heldout: str | None, progress=None)
     return evaluate(cfg, base, str(run_dir / "train"), run_dir / "eval", progress=progress)
 
 
-def gate(recipe: Recipe, verdict: dict) -> str:
+def gate(recipe: Recipe, verdict: Verdict) -> str:
     """Apply the recipe's gate to a verdict: returns 'ok' / 'warn', raises GateFailed on 'fail'."""
-    v = verdict.get("verdict")
+    v = verdict.verdict
     action = {"REGRESSED": recipe.gate.on_regressed, "INCONCLUSIVE": recipe.gate.on_inconclusive}.get(v)
     if action == "fail":
-        rec = verdict.get("recommendation") or ""
+        rec = verdict.recommendation or ""
         raise GateFailed(f"regression gate: verdict {v}. {rec}".strip())
     return "warn" if action == "warn" else "ok"
 
