@@ -505,6 +505,40 @@ def decide(
     return Decision(INCONCLUSIVE, "cannot rule out a loss of the margin: " + "; ".join(parts), needed)
 
 
+def decide_scores(
+    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    score: str = "prob",
+    margin: float = 0.01,
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[Decision, dict[str, TaskResult], SuiteResult]:
+    """The gate on per-item scores alone: ``{task: (base scores, tuned scores)}`` -> decision, tasks, suite.
+
+    The same tests and rule :func:`evals.run.evaluate` applies (every task counted); used to calibrate the
+    gate by simulation (``bench/gate_calibration.py``).
+    """
+    tasks: dict[str, TaskResult] = {}
+    for i, (name, (b, t)) in enumerate(pairs.items()):
+        test = paired_test(b, t, score=score, alpha=alpha, n_boot=n_boot, seed=seed + i)
+        tasks[name] = TaskResult(
+            task=name,
+            output_type="multiple_choice",
+            metric=score,
+            gated=True,
+            status="undecided",
+            n=len(b),
+            prob=test if score == "prob" else None,
+            accuracy=None if score == "prob" else test,
+            decisive="prob" if score == "prob" else "accuracy",
+        )
+    pooled, n_eff = pooled_test(pairs, score=score, alpha=alpha, n_boot=n_boot, seed=seed)
+    suite = SuiteResult(tasks=list(pairs), test=pooled, n_effective=n_eff, status="undecided")
+    diffs = {k: np.asarray(t, np.float64) - np.asarray(b, np.float64) for k, (b, t) in pairs.items()}
+    return decide(tasks, suite, diffs, margin=margin, alpha=alpha), tasks, suite
+
+
 # ------------------------------------------------------------------------------------------------
 # arm vs arm
 
@@ -578,6 +612,7 @@ __all__ = [
     "choice_probs",
     "compare_arms",
     "decide",
+    "decide_scores",
     "hidden_loss_bound",
     "holm",
     "items_to_non_inferiority",

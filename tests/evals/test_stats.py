@@ -14,6 +14,7 @@ from evals.stats import (
     choice_probs,
     compare_arms,
     decide,
+    decide_scores,
     hidden_loss_bound,
     holm,
     items_to_non_inferiority,
@@ -26,7 +27,7 @@ from evals.stats import (
     tango_interval,
     wilson_interval,
 )
-from evals.verdict import SuiteResult, TaskResult
+from evals.verdict import TaskResult
 
 Z2 = 1.959963984540054**2
 
@@ -54,23 +55,7 @@ def _probs(n: int, seed: int, shift: float = 0.0, noise: float = 0.15) -> tuple[
 
 
 def _suite(pairs: dict[str, tuple[np.ndarray, np.ndarray]], margin=0.01, alpha=0.05, seed=0, n_boot=500):
-    tasks = {}
-    for i, (name, (b, t)) in enumerate(pairs.items()):
-        test = paired_test(b, t, score="prob", alpha=alpha, n_boot=n_boot, seed=seed + i)
-        tasks[name] = TaskResult(
-            task=name,
-            output_type="multiple_choice",
-            metric="acc",
-            gated=True,
-            status="undecided",
-            n=len(b),
-            prob=test,
-            decisive="prob",
-        )
-    pooled, n_eff = pooled_test(pairs, score="prob", alpha=alpha, n_boot=n_boot, seed=seed)
-    suite = SuiteResult(tasks=list(pairs), test=pooled, n_effective=n_eff, status="undecided")
-    diffs = {k: t - b for k, (b, t) in pairs.items()}
-    return decide(tasks, suite, diffs, margin=margin, alpha=alpha), tasks, suite
+    return decide_scores(pairs, score="prob", margin=margin, alpha=alpha, n_boot=n_boot, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------
