@@ -82,6 +82,8 @@ from evals.verdict import (
 )
 
 #: progress(stage, done, total): stage is a task name, "screen <task>", "target", "rigidity" or "load"
+#: screening stops after this many chunks of ``screen`` items (the task is then uninformative)
+SCREEN_CHUNKS = 4
 Progress = Callable[[str, int, int], None]
 
 ITEM_SCHEMA = pa.schema(
@@ -207,8 +209,11 @@ def _load_tuned(base: str, adapter: str, dtype: torch.dtype, device: str):
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+    """The telling line of an exception (torch's state-dict errors put the size mismatch on line 2)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    telling = [ln for ln in lines if ln.startswith(("size mismatch", "Missing key", "Unexpected key"))]
+    line = (telling or lines or [""])[0]
+    return f"{type(e).__name__}: {line[:300]}"
 
 
 def load_views(
@@ -407,6 +412,7 @@ def _mc_item_score(spec: TaskSpec, it: Item, res: list[LoglikelihoodResult]) -> 
         float(lls[gold]),
         acc=float(pred_acc == gold),
         acc_norm=float(pred_norm == gold),
+        extra={"pred_acc": pred_acc, "pred_acc_norm": pred_norm},
     )
 
 
@@ -525,10 +531,14 @@ def base_accuracy_interval(spec: TaskSpec, scores: list[ItemScore], alpha: float
 
 
 def is_informative(chance: float | None, ci: tuple[float, float] | None) -> bool:
-    """A task can show forgetting only when the base model is not at chance (its interval excludes it)."""
+    """A task can show forgetting only when the base model is above chance (its interval's lower bound is).
+
+    At chance (the interval contains it) there is no ability to lose; below chance (a systematic bias, e.g.
+    a small model preferring the wrong kind of answer) neither.
+    """
     if chance is None or ci is None:
         return True
-    return not (ci[0] <= chance <= ci[1])
+    return ci[0] > chance
 
 
 def allocate(caps: dict[str, int], budget: int) -> dict[str, int]:
@@ -691,7 +701,7 @@ def _uninformative_result(
         status="uninformative",
         note=(
             f"base {spec.metric} {mean:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] on {len(items)} screening items "
-            f"contains chance ({chance:.3f}): cannot show forgetting; left out of the gate"
+            f"is not above chance ({chance:.3f}): cannot show forgetting; left out of the gate"
         ),
         n=len(items),
         chance=chance,
@@ -918,16 +928,28 @@ def evaluate(
     timings: dict[str, float] = {}
     skip_chance = config.uninformative == "skip"
 
-    # 1. screening: is the base model above chance on each gated task?
+    # 1. screening: is the base model above chance on each gated task? Chunks of `screen` items, more only
+    #    while the estimate is above chance but its interval is not yet (a task like PIQA at 0.6 vs 0.5
+    #    needs ~100 items to show it; one at chance mostly stops after the first chunk)
     screened: dict[str, tuple[list[Item], list[ItemScore], float | None, tuple[float, float], float]] = {}
     if screen and skip_chance and budget is not None:
         for name in gated:
             t0 = time.time()
-            items = data[name].items(min(screen, caps[name]))
             prog = lambda d, t, name=name: report(f"screen {name}", d, t)  # noqa: E731
-            scores = score_items(specs[name], items, scorer, base_view, cache, prog)
-            chance = chance_level(specs[name], items)
-            ci = base_accuracy_interval(specs[name], scores, config.alpha)
+            n = 0
+            while True:
+                n = min(n + screen, caps[name])
+                items = data[name].items(n)
+                scores = score_items(specs[name], items, scorer, base_view, cache, prog)
+                chance = chance_level(specs[name], items)
+                ci = base_accuracy_interval(specs[name], scores, config.alpha)
+                mean = float(np.mean([sc.score for sc in scores]))
+                if (
+                    is_informative(chance, ci)
+                    or mean <= (chance or 0.0)
+                    or n >= min(caps[name], SCREEN_CHUNKS * screen)
+                ):
+                    break
             screened[name] = (items, scores, chance, ci, time.time() - t0)
     informative = {n: is_informative(sc[2], sc[3]) for n, sc in screened.items()}
 

@@ -388,8 +388,8 @@ def rule_text(margin: float, alpha: float, gate_score: str) -> str:
         else "each task's 0/1 metric"
     )
     return (
-        f"Per item the gate compares {score}. Tasks where the base model is at chance (its accuracy "
-        f"interval contains chance) are uninformative and left out. REGRESSED: a task, or the suite mean, "
+        f"Per item the gate compares {score}. Tasks where the base model is not above chance (the "
+        f"lower bound of its accuracy interval is at or below chance) are uninformative and left out. REGRESSED: a task, or the suite mean, "
         f"lost more than the margin ({margin:g}) and the loss is significant (Holm-adjusted p < {alpha:g} "
         f"over the tasks and the suite test). PASS: the suite mean (tasks weighted equally) has its "
         f"{100 * (1 - alpha):g}% lower bound above -{margin:g}, and no task's estimated change is a loss "
