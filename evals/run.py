@@ -928,9 +928,9 @@ def evaluate(
     timings: dict[str, float] = {}
     skip_chance = config.uninformative == "skip"
 
-    # 1. screening: is the base model above chance on each gated task? Chunks of `screen` items, more only
-    #    while the estimate is above chance but its interval is not yet (a task like PIQA at 0.6 vs 0.5
-    #    needs ~100 items to show it; one at chance mostly stops after the first chunk)
+    # 1. screening: is the base model above chance on each gated task? Chunks of `screen` items until its
+    #    interval is above chance (a task like PIQA at 0.6 vs 0.5 needs ~100 items to show it), or its
+    #    estimate is at or below chance after two chunks, or four chunks are spent
     screened: dict[str, tuple[list[Item], list[ItemScore], float | None, tuple[float, float], float]] = {}
     if screen and skip_chance and budget is not None:
         for name in gated:
@@ -944,9 +944,11 @@ def evaluate(
                 chance = chance_level(specs[name], items)
                 ci = base_accuracy_interval(specs[name], scores, config.alpha)
                 mean = float(np.mean([sc.score for sc in scores]))
+                # one chunk at or below chance can be bad luck (PIQA at 0.6 has a 40-item stretch at 0.45);
+                # two are not
                 if (
                     is_informative(chance, ci)
-                    or mean <= (chance or 0.0)
+                    or (mean <= (chance or 0.0) and n >= 2 * screen)
                     or n >= min(caps[name], SCREEN_CHUNKS * screen)
                 ):
                     break
@@ -984,7 +986,8 @@ def evaluate(
             b_scores = score_items(spec, items, scorer, base_view, cache, prog)
             chance = chance_level(spec, items) if spec.gated else None
             ci = base_accuracy_interval(spec, b_scores, config.alpha) if chance is not None else None
-            if name not in informative and spec.gated and skip_chance and not is_informative(chance, ci):
+            # not screened, or screened on fewer items: the base results on all of them decide
+            if spec.gated and skip_chance and not is_informative(chance, ci):
                 tasks[name] = _uninformative_result(spec, items, b_scores, chance, ci, time.time() - t0)
                 timings[name] = tasks[name].seconds or 0.0
                 all_rows.extend(_rows(spec, items, b_scores, None, False))
@@ -994,7 +997,7 @@ def evaluate(
                 if tuned_view is not None
                 else b_scores
             )
-        info = informative.get(name, is_informative(chance, ci))
+        info = is_informative(chance, ci)
         result, d = _task_result(spec, items, b_scores, t_scores, config, info, chance, ci, time.time() - t0)
         tasks[name] = result
         timings[name] = result.seconds or 0.0
