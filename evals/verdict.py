@@ -181,18 +181,31 @@ class RigidityResult(_Model):
 
 
 class Contamination(_Model):
-    """Was the training data decontaminated against the benchmarks this eval ran? (filled by that stage)."""
+    """Was the training data decontaminated against the benchmarks this eval ran?
 
-    #: True: every gated task of the suite was checked and its overlaps removed; False: not (or not all)
+    Added to the verdict by the run wiring (``flows.runner.step_eval``) from the figures of the stages that made
+    the training data (``curation.decontam.contamination_block``); the eval itself cannot know.
+    """
+
+    #: a decontam stage made the training data
     decontaminated: bool
-    #: tasks the training data was checked against
-    checked: list[str] = Field(default_factory=list)
-    #: tasks of this eval that were not checked
-    unchecked: list[str] = Field(default_factory=list)
+    #: every eval task was checked, none skipped, and a replayed general pool was checked too
+    covers_eval: bool = False
+    suite: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    #: the decontamination index's cache key
+    index: str | None = None
+    benchmarks_checked: list[str] = Field(default_factory=list)
+    eval_tasks_not_checked: list[str] = Field(default_factory=list)
+    #: benchmark → why it was skipped
+    skipped: dict[str, str] = Field(default_factory=dict)
     #: training rows dropped as overlapping a benchmark
-    rows_removed: int | None = None
-    method: str | None = None
-    detail: str | None = None
+    rows_removed: int = 0
+    removed_per_benchmark: dict[str, int] = Field(default_factory=dict)
+    #: the mixer's general pool: rows_removed, removed_per_benchmark (None: no pool was checked)
+    general_pool: dict[str, Any] | None = None
+    #: what was not checked, when something was not
+    warning: str | None = None
 
 
 class CacheStats(_Model):

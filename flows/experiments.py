@@ -22,31 +22,33 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from curation.io import atomic_path, write_json  # noqa: E402
+from curation.io import atomic_path, folder_lock, write_json  # noqa: E402
+from curation.rundir import RunDir  # noqa: E402
 from curation.runner import run_stage  # noqa: E402
 from curation.stage import build_stage  # noqa: E402
 from flows import runner  # noqa: E402
-from flows.flows import artifact_key  # noqa: E402
+from flows.artifacts import artifact_key  # noqa: E402
 from flows.recipe import Recipe, load_recipe  # noqa: E402
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 @task(name="replay-arm", **_TASK)
-def replay_arm(recipe: Recipe, run_dir: Path, train_data: Path, heldout: Path, ratio: float) -> dict[str, Any]:
-    """Mix at ``ratio``, train, evaluate: one arm of the experiment, in ``run_dir/ratio_<r>/``."""
+def replay_arm(recipe: Recipe, rd: RunDir, ratio: float) -> dict[str, Any]:
+    """Mix at ``ratio``, train, evaluate: one arm of the experiment, in ``RUN/ratio_<r>/``.
+
+    The arm trains on the run's split (task rows + replayed general rows) and is evaluated on the
+    run's held-out rows, with the same step functions as every run.
+    """
     exp = recipe.experiment
-    arm = run_dir / f"ratio_{ratio:g}"
+    arm = rd.arm(ratio)
     mix_cfg = {"general": recipe.resolve_paths(exp.general), "ratio": ratio, "seed": exp.seed, "by": exp.by}
     if (decontam := recipe.decontam_settings()) is not None:
         mix_cfg["decontam"] = decontam  # the replayed general rows are checked like the task rows
-    mix_stats = run_stage(build_stage("mix", mix_cfg), train_data, arm / "mix", resume=True)
-    from evals.run import evaluate
-    from training.sft import train
-
-    tr = train(recipe.train_config(), arm / "mix" / "output.parquet", arm / "train")
-    ev_cfg = recipe.eval_config(target_data=str(heldout))
-    verdict = evaluate(ev_cfg, recipe.train_config().model, str(arm / "train"), arm / "eval")
+    mix_stats = run_stage(build_stage("mix", mix_cfg), rd.split_train, arm.mix, resume=True)
+    tr = runner.step_train(recipe, arm.mix / "output.parquet", arm)
+    # the arm's training data: the run's curation, then this arm's mix
+    verdict = runner.step_eval(recipe, arm, rd.split_heldout, curation=[*rd.curate.stages(), arm.mix])
     return {"ratio": ratio, "mix": mix_stats, "train": tr, "verdict": verdict}
 
 
@@ -150,21 +152,23 @@ def replay_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: lis
         raise ValueError("the recipe has no `experiment:` section")
     rd = runner.new_run_dir(r, run_dir)
     log = get_run_logger()
-    curated = runner.step_curate(r, rd, resume=True)
+    # curation runs once (cached on a rerun), then the split: the same wiring as every run
+    base = runner.run(r, rd.root, resume=True, upto="split")
+    curated, split = base["curate"], base["split"]
     log.info("curated: %s rows in → %s out", curated.rows_in, curated.rows_out)
-    split = runner.step_split(r, rd)
     arms = []
-    for ratio in r.experiment.ratios:
-        log.info("arm: replay ratio %s", ratio)
-        arms.append(replay_arm(r, rd, Path(split["train"]), Path(split["heldout"]), ratio))
+    with folder_lock(rd.root):
+        for ratio in r.experiment.ratios:
+            log.info("arm: replay ratio %s", ratio)
+            arms.append(replay_arm(r, rd, ratio))
     md = comparison_markdown(arms, command or f"sftflow experiment --recipe {recipe}")
-    with atomic_path(rd / "replay.md") as tmp:
+    with atomic_path(rd.replay_md) as tmp:
         tmp.write_text(md + "\n")
-    write_json(rd / "replay.json", {"arms": comparison_rows(arms), "curate": curated, "split": split})
-    plot(arms, rd / "replay.png")
+    write_json(rd.replay_json, {"arms": comparison_rows(arms), "curate": curated, "split": split})
+    plot(arms, rd.replay_png)
     from flows.report import build_report
 
-    report = build_report(rd)
+    report = build_report(rd.root)
     log.info("report: %s", report)
     create_markdown_artifact(key=artifact_key(r, "replay-table"), markdown=md, description="replay experiment")
     create_table_artifact(key=artifact_key(r, "replay-arms"), table=comparison_rows(arms))

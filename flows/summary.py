@@ -212,5 +212,11 @@ def print_verdict(verdict: Verdict, console: Console | None = None) -> None:
         c = verdict.base_cache
         console.print(f"Base results: {c.hits} from cache, {c.misses} computed ({c.folder})")
     console.print(f"Verdict: [bold {colour}]{verdict.verdict}[/] — {verdict.reason}")
+    cont = verdict.contamination
+    if cont is not None and cont.warning:
+        console.print(f"[yellow]contamination:[/] {cont.warning}", soft_wrap=True, highlight=False)
+    elif cont is not None and cont.covers_eval:
+        console.print(f"Training data decontaminated against every eval task (suite {cont.suite!r}, "
+                      f"{cont.rows_removed} rows removed)", highlight=False)
     if verdict.recommendation:
         console.print(f"Recommendation: {verdict.recommendation}")
