@@ -217,10 +217,14 @@ def test_screening_spends_the_budget_on_informative_tasks(shared_data, tmp_path)
     rows = pq.read_table(tmp_path / "items.parquet").to_pylist()
     for name, t in v.tasks.items():
         n_rows = sum(r["task"] == name for r in rows)
+        assert t.n == n_rows
         if t.status == "uninformative":
-            assert t.n == n_rows and t.n in (6, 12, 18, 24) and t.accuracy is None
+            # screened out (chunks of 6, at most 4), or screened in and then not above chance on all of its share
+            assert t.n in (6, 12, 18, 24, 10, 15, 30) and t.accuracy is None
             assert all(r["tuned_score"] is None and not r["in_gate"] for r in rows if r["task"] == name)
         else:
-            assert t.n == n_rows and t.n >= 10
-    informative = [t for t in v.tasks.values() if t.status != "uninformative"]
-    assert sum(t.n for t in informative) == (30 if informative else 0)
+            assert t.n >= 10
+    # the budget (30 items) is shared by the tasks screened in: 30, 15 + 15 or 10 + 10 + 10
+    shares = [t.n for t in v.tasks.values() if t.n not in (6, 12, 18, 24)]
+    assert sum(shares) in (0, 30)
+    assert all(t.n in shares for t in v.tasks.values() if t.status != "uninformative")
