@@ -2,6 +2,7 @@
 
     python bench/demo_memory.py                  # the demo recipe, its steps in one process (--local)
     python bench/demo_memory.py --prefect        # + the whole `sftflow demo` (Prefect mode), as `make demo` runs it
+    python bench/demo_memory.py --upto train --set train.grad_checkpointing=true   # a variant, up to a step
 
 Per step, in one process (the steps of `sftflow demo --local`, which the Prefect tasks wrap): the peak
 RSS during the step (``VmHWM``, reset before each step through ``/proc/self/clear_refs``) and the RSS
@@ -42,7 +43,7 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
 
 
-def steps(sets: list[str], out: Path) -> None:
+def steps(sets: list[str], out: Path, upto: str = "report") -> None:
     """The demo's steps in this process, with the peak and the remaining RSS of each."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import flows  # noqa: F401  (registers the services the demo's stages use)
@@ -52,7 +53,7 @@ def steps(sets: list[str], out: Path) -> None:
 
     recipe = load_recipe(REPO / "configs" / "demo.yaml", sets)
     rd = runner.new_run_dir(recipe, out / "run")
-    print(f"{'step':<10} {'peak RSS GiB':>13} {'RSS after GiB':>14} {'seconds':>8}")
+    print(f"{'step':<10} {'peak RSS GiB':>13} {'RSS after GiB':>14} {'seconds':>8} {'CPU s':>8}")
     print(f"{'(start)':<10} {'':>13} {_status('VmRSS') / GiB:>14.2f}")
     split: dict = {}
     overall = 0
@@ -64,12 +65,14 @@ def steps(sets: list[str], out: Path) -> None:
         ("report", lambda: build_report(rd)),
     ]:
         _reset_peak()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         peak = _status("VmHWM")
         overall = max(overall, peak)
-        print(f"{name:<10} {peak / GiB:>13.2f} {_status('VmRSS') / GiB:>14.2f} {time.perf_counter() - t:>8.0f}",
-              flush=True)
+        print(f"{name:<10} {peak / GiB:>13.2f} {_status('VmRSS') / GiB:>14.2f} {time.perf_counter() - t:>8.0f} "
+              f"{time.process_time() - c:>8.0f}", flush=True)
+        if name == upto:
+            break
     print(f"{'all steps':<10} {overall / GiB:>13.2f}   (target <= {TARGET_GIB} GiB: "
           f"{'met' if overall <= TARGET_GIB * GiB else 'NOT met'})")
 
@@ -112,10 +115,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--set", dest="sets", action="append", default=[], help="recipe override, as for sftflow")
     ap.add_argument("--prefect", action="store_true", help="also run `sftflow demo` in Prefect mode")
+    ap.add_argument("--upto", default="report", choices=["curate", "split", "train", "eval", "report"],
+                    help="stop after this step")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f}; overrides {args.sets or 'none'}\n")
     with tempfile.TemporaryDirectory(prefix="sftflow-demo-memory-") as tmp:
-        steps(args.sets, Path(tmp))
+        steps(args.sets, Path(tmp), args.upto)
         if args.prefect:
             prefect_demo(args.sets, Path(tmp))
 
