@@ -35,7 +35,9 @@ this project trains on):
 Rows that cannot be scored keep an empty ``ifd`` and say why in ``ifd_note`` (``plain_text``,
 ``no_assistant_turn``, ``empty_answer``, ``no_instruction``, ``template_error``,
 ``answer_beyond_max_length``); ``select`` ranks them last and names the note in the ledger. Nothing
-is dropped here. A model that cannot be found or loaded is a one-line error before any row is read.
+is dropped here. A model that cannot be found is a one-line error when the stage is built; one that
+cannot be loaded, when the first row needs scoring (a fully cached run never loads it); the stage then
+publishes nothing.
 
 Speed: rows are tokenised in batches, their conditioned and unconditioned sequences sorted by length
 and run in forward passes of at most ``batch_tokens`` padded tokens (a sequence shorter than 3/4 of
