@@ -53,6 +53,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("funnel", "Funnel"),
     ("drops", "Dropped rows"),
     ("scores", "Scores"),
+    ("ifd", "Instruction-following difficulty"),
     ("dedup", "Duplicates"),
     ("distributions", "Task types & languages"),
     ("diversity", "Diversity"),
@@ -214,7 +215,7 @@ def read_output_columns(path: Path) -> dict[str, Any]:
         return out
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
-    numeric = [c for c in ("quality", "complexity", "selection_score") if c in names and
+    numeric = [c for c in ("quality", "complexity", "ifd", "selection_score") if c in names and
                (pa.types.is_floating(pf.schema_arrow.field(c).type) or pa.types.is_integer(pf.schema_arrow.field(c).type))]
     categorical = [c for c in ("task_type", "lang", "mix_source", "source") if c in names]
     values: dict[str, list[np.ndarray]] = {c: [] for c in numeric}
@@ -601,6 +602,59 @@ def _scores(run: dict[str, Any], figure: _Figures) -> str:
     return "".join(parts) or _not_run("Quality and score stages")
 
 
+def _has_ifd(run: dict[str, Any]) -> bool:
+    return bool(_dict(_extra(run["stages"], "select").get("ifd"))) or "ifd" in run["output"]["scores"]
+
+
+def _ifd(run: dict[str, Any], figure: _Figures) -> str:
+    """IFD before/after selection (select's figures) and the rows at both ends; else the curated output's."""
+    import plotly.graph_objects as go
+
+    f = _dict(_extra(run["stages"], "select").get("ifd"))
+    parts = ['<p>IFD = perplexity of the answer given the instruction / without it, under the base model '
+             '(<code>score: {ifd: ...}</code>). Low: the instruction nearly gives the answer away; close to 1: '
+             'the row teaches the model something; at or above the threshold the instruction does not help '
+             'predict the answer at all, and select drops the row as <code>misaligned</code>.</p>']
+    edges = [_num(e) for e in _list(f.get("edges"))]
+    before, after = _dict(f.get("before")), _dict(f.get("after"))
+    if f and None not in edges:
+        parts.append(_table(["", "rows scored", "mean", "median"], [
+            ["before selection", before.get("rows"), before.get("mean"), before.get("median")],
+            ["after selection", after.get("rows"), after.get("mean"), after.get("median")]]))
+        parts.append(_pairs_table([("misaligned threshold (ifd >=)", f.get("threshold")),
+                                   ("dropped as misaligned", _extra(run["stages"], "select").get("misaligned")),
+                                   ("rows without an IFD (see ifd_note)", f.get("unscored"))]))
+        labels = [f"{edges[i]:.1f}–{edges[i + 1]:.1f}" for i in range(len(edges) - 1)]
+        labels[-1] = f"≥ {edges[-2]:.1f}"
+        fig = go.Figure([
+            go.Bar(name="before selection", x=labels, y=_list(before.get("histogram")), marker_color=_COLORS["before"]),
+            go.Bar(name="after selection", x=labels, y=_list(after.get("histogram")), marker_color=_COLORS["after"])])
+        if _num(f.get("threshold")) is not None:
+            at = min(range(len(edges) - 1), key=lambda i: abs(edges[i] - float(f["threshold"])))
+            fig.add_vline(x=at - 0.5, line_dash="dash", line_color="#b91c1c")
+        parts.append(figure(fig.update_layout(title="IFD before/after selection (dashed: misaligned threshold)",
+                                              barmode="group", xaxis_title="IFD", yaxis_title="rows"), height=320))
+        titles = {"lowest": "Lowest IFD (the instruction makes the answer easiest)",
+                  "highest_kept": "Highest IFD kept (hardest rows the model will learn from)",
+                  "misaligned": "Dropped as misaligned (highest IFD)"}
+        for kind, title in titles.items():
+            rows = [e for e in _list(_dict(f.get("examples")).get(kind)) if isinstance(e, dict)]
+            if rows:
+                parts.append(f"<h3>{esc(title)}</h3>" + _table(
+                    ["id", "IFD", "loss with / without instruction", "instruction", "answer"],
+                    [[e.get("id"), _num(e.get("ifd")),
+                      f"{fmt(_num(e.get('loss_given_instruction')), 3)} / {fmt(_num(e.get('loss_answer_only')), 3)}",
+                      _cut(e.get("instruction"), 200), _cut(e.get("answer"), 200)] for e in rows]))
+        return "".join(parts)
+    arr = run["output"]["scores"].get("ifd")
+    if arr is None:
+        return _not_run("IFD scoring")
+    fig = go.Figure(go.Histogram(x=arr, nbinsx=30, marker_color=_COLORS["after"]))
+    parts.append(figure(fig.update_layout(title="IFD of the curated output (no select stage)", xaxis_title="IFD",
+                                          yaxis_title="rows"), height=300))
+    return "".join(parts)
+
+
 def _dedup(run: dict[str, Any], figure: _Figures) -> str:
     st = _stage(run["stages"], "dedup")
     if st is None:
@@ -947,6 +1001,7 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "funnel": lambda: _funnel(run, figure),
         "drops": lambda: _drops(run),
         "scores": lambda: _scores(run, figure),
+        "ifd": lambda: _ifd(run, figure),
         "dedup": lambda: _dedup(run, figure),
         "distributions": lambda: _distributions(run, figure),
         "diversity": lambda: _diversity(run, figure),
@@ -965,8 +1020,9 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
             log.warning("report section %s of %s failed: %s: %s", sid, run["run_dir"], type(e).__name__, e)
             bodies[sid] = f'<p class="warn">{SECTION_FAILED}: {esc(type(e).__name__)}: {esc(e)}</p>'
 
-    # the replay section belongs to experiment runs only
-    shown = [(sid, title) for sid, title in SECTIONS if sid != "replay" or run.get("replay")]
+    # the replay section belongs to experiment runs only, the IFD section to runs that scored IFD
+    shown = [(sid, title) for sid, title in SECTIONS
+             if (sid != "replay" or run.get("replay")) and (sid != "ifd" or _has_ifd(run))]
     nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in shown)
     sections = "".join(_section(sid, title, bodies[sid]) for sid, title in shown)
     title = f"sftflow report: {run['name']}"
