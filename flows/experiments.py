@@ -1,10 +1,18 @@
-"""Experiments run by sftflow's own flows. ``replay``: does mixing general data reduce forgetting?
+"""Experiments run by sftflow's own flows.
 
-The same narrow SFT (one task family) is run at several replay ratios with the same steps and
-seed; each tuned model is evaluated against the base with the regression suite. The output is one
-comparison table — target-task gain vs general-capability delta (with CIs and the gate's verdict)
-per ratio, plus rigidity — written as ``replay.json``/``replay.md`` and a plot ``replay.png`` in the run
-folder. Curation runs once; only the mix step differs between arms.
+``replay``: does mixing general data reduce forgetting? The same narrow SFT (one task family) is run
+at several replay ratios with the same steps and seed; each tuned model is evaluated against the base
+with the regression suite. The output is one comparison table — target-task gain vs
+general-capability delta (with CIs and the gate's verdict) per ratio, plus rigidity — written as
+``replay.json``/``replay.md`` and a plot ``replay.png`` in the run folder. Curation runs once; only
+the mix step differs between arms.
+
+``arms``: arms as data. Curation and the held-out split run once; each named arm then runs its own
+stages on the training split (``experiment.arms.<name>``: e.g. a ``select`` that picks the same
+budget by IFD, by complexity or at random), trains with the same settings and seed, and is evaluated
+against the base on the same held-out rows and the same suite. Output: ``arms.json``/``arms.md`` —
+per arm the rows trained, train loss, held-out NLL base → tuned with the gain's CI, each task's delta
+with its CI, and the verdict — in ``RUN/arm_<name>/{NN_<stage>,train,eval}``.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import datetime as dt  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -171,3 +180,106 @@ def replay_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: lis
     create_markdown_artifact(key=artifact_key(r, "replay-table"), markdown=md, description="replay experiment")
     create_table_artifact(key=artifact_key(r, "replay-arms"), table=comparison_rows(arms))
     return {"run_dir": str(rd), "arms": arms, "markdown": md}
+
+
+# ------------------------------------------------------------------------------------------------
+# arms as data
+
+
+@task(name="experiment-arm", **_TASK)
+def stages_arm(recipe: Recipe, run_dir: Path, train_data: Path, heldout: Path, name: str) -> dict[str, Any]:
+    """The arm's stages on the training split, then train and evaluate, in ``run_dir/arm_<name>/``."""
+    from curation.io import count_rows
+
+    arm = run_dir / f"arm_{name}"
+    data, stages = train_data, []
+    for i, (stage_name, cfg) in enumerate(recipe.arm_stage_list(name), 1):
+        out = arm / f"{i:02d}_{stage_name}"
+        stages.append(run_stage(build_stage(stage_name, cfg), data, out, resume=True))
+        data = out / "output.parquet"
+    tr = runner.step_train(recipe, str(data), arm)
+    verdict = runner.step_eval(recipe, arm, str(heldout))
+    return {"arm": name, "rows": count_rows(data), "stages": stages, "train": tr, "verdict": verdict}
+
+
+def arms_rows(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One JSON row per arm: rows trained, train loss, held-out NLL and gain (CI), task deltas (CIs), verdict."""
+    rows = []
+    for a in arms:
+        v, tr = a["verdict"], a["train"]
+        target = v.get("target") or {}
+        row: dict[str, Any] = {
+            "arm": a["arm"],
+            "rows": a["rows"],
+            "train_loss": f"{tr.get('first_loss', float('nan')):.3f} → {tr.get('final_loss', float('nan')):.3f}",
+            "heldout_n": target.get("n"),
+            "heldout_nll_base": target.get("base_nll"),
+            "heldout_nll_tuned": target.get("tuned_nll"),
+            "target_gain": target.get("delta"),
+            "target_gain_ci": [target.get("ci_low"), target.get("ci_high")],
+            "verdict": v.get("verdict"),
+        }
+        for task_name, t in v.get("tasks", {}).items():
+            row[task_name] = t.get("delta")
+            row[f"{task_name}_ci"] = [t.get("ci_low"), t.get("ci_high")]
+            row[f"{task_name}_n"] = t.get("n")
+        rows.append(row)
+    return rows
+
+
+def arms_markdown(arms: list[dict[str, Any]], command: str, wall_s: float | None = None) -> str:
+    tasks = list(arms[0]["verdict"].get("tasks", {}))
+    head = ["arm", "rows trained", "train loss", "held-out NLL base → tuned", "held-out gain [95% CI]"]
+    head += [f"Δ {t} [95% CI]" for t in tasks] + ["verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a in arms:
+        v = a["verdict"]
+        target = v.get("target") or {}
+        cells = [a["arm"], str(a["rows"]),
+                 f"{a['train'].get('first_loss', 0):.3f} → {a['train'].get('final_loss', 0):.3f}",
+                 f"{_val(target.get('base_nll'))} → {_val(target.get('tuned_nll'))}",
+                 f"{_num(target.get('delta'))} [{_num(target.get('ci_low'))}, {_num(target.get('ci_high'))}]"]
+        for t in tasks:
+            r = v["tasks"][t]
+            cells.append(f"{_num(r.get('delta'))} [{_num(r.get('ci_low'))}, {_num(r.get('ci_high'))}]")
+        cells.append(str(v.get("verdict")))
+        lines.append("| " + " | ".join(cells) + " |")
+    target = arms[0]["verdict"].get("target") or {}
+    ns = ", ".join(f"{t} {arms[0]['verdict']['tasks'][t].get('n')}" for t in tasks)
+    when = f"date: {dt.date.today().isoformat()}" + (f"; wall time {wall_s / 60:.1f} min" if wall_s else "")
+    notes = [f"Command: `{command}`; {when}.", "",
+             f"Held-out: the same {target.get('n', '-')} curated rows for every arm (NLL per assistant token; "
+             "gain = base − tuned, 95% paired bootstrap CI over rows). Tasks: items per task " + (ns or "-") +
+             " (Δ = tuned − base accuracy, 95% paired bootstrap CI). Every arm: same base, steps and seed."]
+    return "\n".join([*notes, "", *lines])
+
+
+@flow(name="arms-experiment", log_prints=True)
+def arms_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: list[str] | None = None,
+              command: str = "") -> dict[str, Any]:
+    """Curate once, split, then each arm's stages → train → eval; write the comparison table."""
+    started = time.perf_counter()
+    r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    if r.experiment is None or r.experiment.kind != "arms":
+        raise ValueError("the recipe has no `experiment: {kind: arms, ...}` section")
+    rd = runner.new_run_dir(r, run_dir)
+    log = get_run_logger()
+    curated = runner.step_curate(r, rd, resume=True)
+    log.info("curated: %s rows in → %s out", curated.rows_in, curated.rows_out)
+    split = runner.step_split(r, rd)
+    arms = []
+    for name in r.experiment.arms:
+        log.info("arm: %s", name)
+        arms.append(stages_arm(r, rd, Path(split["train"]), Path(split["heldout"]), name))
+    md = arms_markdown(arms, command or f"sftflow experiment --recipe {recipe}", time.perf_counter() - started)
+    with atomic_path(rd / "arms.md") as tmp:
+        tmp.write_text(md + "\n")
+    write_json(rd / "arms.json", {"arms": arms_rows(arms), "curate": curated, "split": split})
+    from flows.report import build_report
+
+    report = build_report(rd)
+    log.info("report: %s", report)
+    create_markdown_artifact(key=artifact_key(r, "arms-table"), markdown=md, description="arms experiment")
+    create_table_artifact(key=artifact_key(r, "arms"), table=arms_rows(arms))
+    return {"run_dir": str(rd), "arms": arms, "markdown": md}
+

@@ -61,6 +61,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("training", "Training"),
     ("eval", "Before/after eval"),
     ("replay", "Replay experiment"),
+    ("arms", "Experiment arms"),
     ("trend", "Trend"),
     ("stage-details", "Stage details"),
 ]
@@ -279,6 +280,7 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         "train_log": read_train_log(rd / "train" / "train_log.jsonl"),
         "verdict": _read_json(rd / "eval" / "verdict.json"),
         "replay": _read_json(rd / "replay.json"),
+        "arms": _read_json(rd / "arms.json"),
     }
 
 
@@ -921,6 +923,41 @@ def _replay(run: dict[str, Any], figure: _Figures) -> str:
     return "".join(parts)
 
 
+def _arms(run: dict[str, Any], figure: _Figures) -> str:
+    """An arms experiment (flows/experiments.py): held-out gain and task deltas per arm, with CIs."""
+    import plotly.graph_objects as go
+
+    arms = [a for a in _list(_dict(run.get("arms")).get("arms")) if isinstance(a, dict)]
+    if not arms:
+        return _not_run("Experiment arms (only arms experiments have them)")
+    tasks = [k for k in arms[0] if f"{k}_ci" in arms[0] and k != "target_gain"]
+
+    def ci(a: dict, key: str, ci_key: str) -> str:
+        lo, hi = (list(a.get(ci_key) or []) + [None, None])[:2]
+        return f"{fmt(_num(a.get(key)))} [{fmt(_num(lo))}, {fmt(_num(hi))}]"
+
+    rows = [[a.get("arm"), a.get("rows"), a.get("train_loss"),
+             f"{fmt(_num(a.get('heldout_nll_base')))} → {fmt(_num(a.get('heldout_nll_tuned')))}",
+             ci(a, "target_gain", "target_gain_ci"), *[ci(a, t, f"{t}_ci") for t in tasks], a.get("verdict")]
+            for a in arms]
+    parts = [_table(["arm", "rows trained", "train loss", "held-out NLL base → tuned", "held-out gain [95% CI]",
+                     *[f"Δ {t} [95% CI]" for t in tasks], "verdict"], rows)]
+    names = [str(a.get("arm")) for a in arms]
+    fig = go.Figure()
+    for key, label in [("target_gain", "held-out gain (NLL/token)"), *[(t, _label(t)) for t in tasks]]:
+        ci_key = "target_gain_ci" if key == "target_gain" else f"{key}_ci"
+        y = [_num(a.get(key)) for a in arms]
+        lo = [_num((list(a.get(ci_key) or []) + [None])[0]) for a in arms]
+        hi = [_num((list(a.get(ci_key) or []) + [None, None])[1]) for a in arms]
+        err = {"type": "data", "array": [h - v if None not in (h, v) else 0 for h, v in zip(hi, y, strict=True)],
+               "arrayminus": [v - lo_ if None not in (lo_, v) else 0 for lo_, v in zip(lo, y, strict=True)]}
+        fig.add_trace(go.Bar(name=label, x=names, y=y, error_y=err))
+    fig.add_hline(y=0, line_color="#374151")
+    parts.append(figure(fig.update_layout(title="per arm: held-out gain and task deltas (95% CI)", barmode="group",
+                                          yaxis_title="delta"), height=360))
+    return "".join(parts)
+
+
 def _trend(history: list[dict[str, Any]], figure: _Figures) -> str:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -1009,6 +1046,7 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "training": lambda: _training(run, figure),
         "eval": lambda: _eval(run, figure),
         "replay": lambda: _replay(run, figure),
+        "arms": lambda: _arms(run, figure),
         "trend": lambda: _trend(history, figure),
         "stage-details": lambda: _stage_details(run),
     }
@@ -1022,7 +1060,8 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
 
     # the replay section belongs to experiment runs only, the IFD section to runs that scored IFD
     shown = [(sid, title) for sid, title in SECTIONS
-             if (sid != "replay" or run.get("replay")) and (sid != "ifd" or _has_ifd(run))]
+             if (sid != "replay" or run.get("replay")) and (sid != "arms" or run.get("arms"))
+             and (sid != "ifd" or _has_ifd(run))]
     nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in shown)
     sections = "".join(_section(sid, title, bodies[sid]) for sid, title in shown)
     title = f"sftflow report: {run['name']}"
