@@ -42,6 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from bench.score_bench import table  # noqa: E402
 from curation.ingest import IngestConfig, ingest  # noqa: E402
 from curation.io import read_records  # noqa: E402
 from curation.records import Record  # noqa: E402
@@ -53,15 +54,6 @@ SOURCES = {
     "zh": ["oasst1_zh_sft", "belle_zh/zh_seed_tasks.json"],
 }
 THRESHOLDS = [0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2]
-
-
-def table(title: str, header: list[str], rows: list[list]) -> None:
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(c) for c in r) + " |")
-    sys.stdout.flush()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -161,25 +161,34 @@ def replay_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: lis
         raise ValueError("the recipe has no `experiment:` section")
     rd = runner.new_run_dir(r, run_dir)
     log = get_run_logger()
-    curated = runner.step_curate(r, rd, resume=True)
-    log.info("curated: %s rows in → %s out", curated.rows_in, curated.rows_out)
-    split = runner.step_split(r, rd)
+    curated, split = _curate_and_split(r, rd, log)
     arms = []
     for ratio in r.experiment.ratios:
         log.info("arm: replay ratio %s", ratio)
         arms.append(replay_arm(r, rd, Path(split["train"]), Path(split["heldout"]), ratio))
     md = comparison_markdown(arms, command or f"sftflow experiment --recipe {recipe}")
-    with atomic_path(rd / "replay.md") as tmp:
-        tmp.write_text(md + "\n")
-    write_json(rd / "replay.json", {"arms": comparison_rows(arms), "curate": curated, "split": split})
     plot(arms, rd / "replay.png")
+    _publish(r, rd, "replay", md, comparison_rows(arms), {"curate": curated, "split": split}, log)
+    return {"run_dir": str(rd), "arms": arms, "markdown": md}
+
+
+def _curate_and_split(r: Recipe, rd: Path, log) -> tuple[Any, dict]:
+    """Curation (resumed when already done) and the held-out split, shared by every arm."""
+    curated = runner.step_curate(r, rd, resume=True)
+    log.info("curated: %s rows in → %s out", curated.rows_in, curated.rows_out)
+    return curated, runner.step_split(r, rd)
+
+
+def _publish(r: Recipe, rd: Path, kind: str, md: str, rows: list[dict], extra: dict, log) -> None:
+    """``<kind>.md`` + ``<kind>.json`` in the run folder, the report, and the Prefect artifacts."""
+    with atomic_path(rd / f"{kind}.md") as tmp:
+        tmp.write_text(md + "\n")
+    write_json(rd / f"{kind}.json", {"arms": rows, **extra})
     from flows.report import build_report
 
-    report = build_report(rd)
-    log.info("report: %s", report)
-    create_markdown_artifact(key=artifact_key(r, "replay-table"), markdown=md, description="replay experiment")
-    create_table_artifact(key=artifact_key(r, "replay-arms"), table=comparison_rows(arms))
-    return {"run_dir": str(rd), "arms": arms, "markdown": md}
+    log.info("report: %s", build_report(rd))
+    create_markdown_artifact(key=artifact_key(r, f"{kind}-table"), markdown=md, description=f"{kind} experiment")
+    create_table_artifact(key=artifact_key(r, f"{kind}-arms"), table=rows)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -264,22 +273,12 @@ def arms_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: list[
         raise ValueError("the recipe has no `experiment: {kind: arms, ...}` section")
     rd = runner.new_run_dir(r, run_dir)
     log = get_run_logger()
-    curated = runner.step_curate(r, rd, resume=True)
-    log.info("curated: %s rows in → %s out", curated.rows_in, curated.rows_out)
-    split = runner.step_split(r, rd)
+    curated, split = _curate_and_split(r, rd, log)
     arms = []
     for name in r.experiment.arms:
         log.info("arm: %s", name)
         arms.append(stages_arm(r, rd, Path(split["train"]), Path(split["heldout"]), name))
     md = arms_markdown(arms, command or f"sftflow experiment --recipe {recipe}", time.perf_counter() - started)
-    with atomic_path(rd / "arms.md") as tmp:
-        tmp.write_text(md + "\n")
-    write_json(rd / "arms.json", {"arms": arms_rows(arms), "curate": curated, "split": split})
-    from flows.report import build_report
-
-    report = build_report(rd)
-    log.info("report: %s", report)
-    create_markdown_artifact(key=artifact_key(r, "arms-table"), markdown=md, description="arms experiment")
-    create_table_artifact(key=artifact_key(r, "arms"), table=arms_rows(arms))
+    _publish(r, rd, "arms", md, arms_rows(arms), {"curate": curated, "split": split}, log)
     return {"run_dir": str(rd), "arms": arms, "markdown": md}
 

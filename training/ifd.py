@@ -62,6 +62,7 @@ from curation.records import Record
 from curation.scorers import Scorer, ScorerSettings, model_weights_digest
 from training.data import SkipExample, encode_conversations, render_chat
 from training.models import ModelNotFoundError, load_model, resolve_model
+from training.sft import COMPUTE_DTYPE, _head_and_decoder, resolve_precision
 
 # stands in for an answer when finding where the template puts the assistant header
 _SENTINEL = "\x00sftflow-answer\x00"
@@ -102,7 +103,7 @@ class IFDScorer(Scorer):
         super().__init__(settings, **values)
         self.settings: IFDSettings
         self.device = torch.device(_device(self.settings.device))
-        self.precision = _precision(self.settings.precision, self.device)
+        self.precision = resolve_precision(self.settings.precision, self.device)
         self._folder = _model_folder(self.settings.model)
         self.model = self.tok = self._head = None
         self._uncond_prefix: list[dict[str, str]] = []
@@ -123,8 +124,6 @@ class IFDScorer(Scorer):
         return f"{model_weights_digest(self._folder)}-{self.precision}"
 
     def load(self) -> None:
-        from training.sft import COMPUTE_DTYPE, _head_and_decoder
-
         try:
             model, tok = load_model(
                 str(self._folder),
@@ -342,14 +341,6 @@ def _device(setting: str) -> str:
     if setting.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"ifd.device {setting}: no CUDA device is available here")
     return setting
-
-
-def _precision(setting: str, device: torch.device) -> str:
-    if setting != "auto":
-        return setting
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
 
 
 def _model_folder(name: str):
