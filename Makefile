@@ -30,10 +30,12 @@ demo: setup
 	$(VENV)/bin/sftflow demo
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo 'no tests collected'; exit 0; fi; exit $$rc
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf runs .pytest_cache

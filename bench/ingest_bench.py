@@ -61,7 +61,7 @@ def one(kind: str, path: str, out: str) -> dict:
     if kind == "sftflow ingest":
         from curation.ingest import ingest
 
-        rows = ingest([path], out).stats["rows_out"]
+        rows = ingest([path], out).stats.rows_out
     elif kind == "json.loads loop":
         rows = 0
         with open(path, "rb") as fh:

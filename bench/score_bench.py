@@ -100,7 +100,7 @@ def part_score(tmp: Path) -> None:
 
             minilm_model()  # load once outside the timing (~5 s)
         stats = run_stage(ScoreStage(cfg), subset, tmp / f"score_{label[:12]}")
-        rows.append([label, limit, f"{stats['seconds']:.2f}", f"{stats['rows_in'] / stats['seconds']:,.0f}"])
+        rows.append([label, limit, f"{stats.seconds:.2f}", f"{stats.rows_in / stats.seconds:,.0f}"])
     table(
         "Scoring throughput (en + zh instruction data from shared/data)",
         ["what", "rows", "seconds", "rows/s"],

@@ -531,7 +531,12 @@ class DecontamIndex:
 
     # -- persistence (numpy + parquet + json: nothing executable) ---------------------------------
     def save(self, folder: Path) -> Path:
-        """Publish the index as ``folder`` atomically (a complete folder or none)."""
+        """Publish the index as ``folder`` atomically (a complete folder or none).
+
+        Not :func:`curation.io.atomic_dir`: shards of one run (process pool, Dask) may build the same
+        content-keyed index at once, and atomic_dir's clean-up of stale temp folders would remove a
+        sibling's folder mid-write; here the first complete folder wins and the others are dropped.
+        """
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
@@ -932,7 +937,68 @@ class DecontamStage(Stage):
         )
 
 
+# --------------------------------------------------------------------------------------------------
+# what the verdict and the report say about it
+
+
+def contamination_block(
+    decontam: DecontamFigures | dict[str, Any] | None,
+    eval_tasks: Iterable[str] = (),
+    *,
+    pool: dict[str, Any] | None = None,
+    general_rows: int = 0,
+) -> dict[str, Any]:
+    """Was the training data decontaminated against the benchmarks the eval ran? (the verdict's ``contamination``)
+
+    ``decontam``: the figures of the decontam stage of the curation that made the training data (None: the
+    curation had no such stage); ``eval_tasks``: the tasks the eval scored; ``pool``: the mix stage's
+    ``pool_decontam`` report; ``general_rows``: general rows the mix replayed (their pool needs checking too).
+    ``covers_eval`` is True only when every eval task was checked, none was skipped, and a replayed pool
+    was checked as well; otherwise ``warning`` says what was not.
+    """
+    tasks = list(dict.fromkeys(eval_tasks))
+    fig = DecontamFigures.model_validate(decontam) if isinstance(decontam, dict) else decontam
+    checked = list(fig.index.benchmarks) if fig is not None else []
+    not_checked = [t for t in tasks if t not in checked]
+    warnings = []
+    if fig is None:
+        warnings.append(
+            "the training data was not decontaminated against the eval benchmarks, so a gain may come from "
+            "benchmark items in it (add `- decontam: {}` to the recipe's stages)"
+        )
+    elif not_checked:
+        why = {t: fig.index.skipped[t] for t in not_checked if t in fig.index.skipped}
+        warnings.append(
+            f"the training data was not checked against {', '.join(not_checked)} "
+            f"(decontam suite {fig.suite!r}{'; skipped: ' + '; '.join(why.values()) if why else ''})"
+        )
+    if general_rows and (pool is None or not pool):
+        warnings.append(f"the {general_rows} general rows the mixer replayed were not decontaminated")
+    elif pool:
+        pool_missing = [t for t in tasks if t not in pool.get("benchmarks", [])]
+        if pool_missing:
+            warnings.append(f"the general pool was not checked against {', '.join(pool_missing)}")
+    return {
+        "decontaminated": fig is not None,
+        "covers_eval": fig is not None and not warnings,
+        "suite": fig.suite if fig is not None else None,
+        "settings": dict(fig.settings) if fig is not None else {},
+        "index": fig.index.key if fig is not None else None,
+        "benchmarks_checked": checked,
+        "eval_tasks_not_checked": not_checked,
+        "skipped": dict(fig.index.skipped) if fig is not None else {},
+        "rows_removed": sum(fig.removed_per_benchmark.values()) if fig is not None else 0,
+        "removed_per_benchmark": dict(fig.removed_per_benchmark) if fig is not None else {},
+        "general_pool": (
+            {"rows_removed": pool.get("removed", 0), "removed_per_benchmark": pool.get("removed_per_benchmark", {})}
+            if pool else None
+        ),
+        "warning": "; ".join(warnings) or None,
+    }
+
+
 __all__ = [
+    "contamination_block",
     "DecontamConfig",
     "DecontamStage",
     "DecontamIndex",

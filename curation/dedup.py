@@ -27,7 +27,7 @@ import hashlib
 import math
 import numbers
 from collections import Counter, defaultdict
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -47,6 +47,7 @@ from curation.minhash import (
 )
 from curation.records import Record, normalize_text
 from curation.stage import Drop, Stage, StageOutput
+from curation.stats import Figures, Sum
 
 _KEEP, _EXACT, _NEAR, _EMPTY, _NOT_TEXT = 0, 1, 2, 3, 4
 _REASONS = {_EXACT: "exact_duplicate", _NEAR: "near_duplicate", _EMPTY: "empty_text", _NOT_TEXT: "not_text"}
@@ -144,6 +145,77 @@ class DedupConfig(BaseModel):
         return self
 
 
+class LshFigures(Figures):
+    """The banding chosen for the threshold and what it implies (dedup is a global stage: never merged)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    threshold: float
+    num_perm: int
+    bands: int
+    rows: int
+    #: (Jaccard similarity, probability that a pair that similar becomes a candidate)
+    s_curve: list[tuple[float, float]] = Field(default_factory=list)
+    false_positive_area: float = 0.0
+    false_negative_area: float = 0.0
+    p_candidate_at_threshold: float = 0.0
+    p_candidate_below: float = Field(0.0, alias="p_candidate_at_threshold_minus_0.1")
+
+
+class PairFigures(Figures):
+    """Candidate pairs LSH proposed and how many the signature check confirmed."""
+
+    candidates: Annotated[int, Sum] = 0
+    verified: Annotated[int, Sum] = 0
+    index_candidates: Annotated[int, Sum] = 0
+    index_verified: Annotated[int, Sum] = 0
+    rejected_by_exact_jaccard: Annotated[int, Sum] = 0
+    accepted_by_exact_jaccard_below_estimate: Annotated[int, Sum] = 0
+    #: candidates whose signatures disagree: LSH false positives caught by the check
+    candidate_rejection_rate: float = 0.0
+    #: near-duplicate pairs LSH probably never proposed (from the S-curve at the found pairs' similarities)
+    estimated_missed_pairs: float = 0.0
+    estimated_miss_rate: float = 0.0
+
+
+class SourceDuplicates(Figures):
+    rows: Annotated[int, Sum] = 0
+    exact_duplicate: Annotated[int, Sum] = 0
+    near_duplicate: Annotated[int, Sum] = 0
+    duplicate_rate: float = 0.0
+
+
+class ClusterMember(Figures):
+    id: str
+    kept: bool
+    text: str
+
+
+class Cluster(Figures):
+    size: int
+    members: list[ClusterMember] = Field(default_factory=list)
+
+
+class IndexFigures(Figures):
+    spec: str
+    entries_before: int
+
+
+class DedupFigures(Figures):
+    """Dedup's own figures (``stats.json`` ``extra``)."""
+
+    #: rows whose shingles were capped at ``max_shingles``
+    capped_records: Annotated[int, Sum] = 0
+    #: rows shingled by characters (CJK, or too short for word n-grams)
+    char_shingled_records: Annotated[int, Sum] = 0
+    lsh: LshFigures | None = None
+    pairs: PairFigures = Field(default_factory=PairFigures)
+    per_source: dict[str, SourceDuplicates] = Field(default_factory=dict)
+    largest_clusters: list[Cluster] = Field(default_factory=list)
+    #: the persistent index, when one is used
+    index: IndexFigures | None = None
+
+
 class DedupStage(Stage):
     """Exact and near-duplicate removal; see the module docstring."""
 
@@ -151,6 +223,7 @@ class DedupStage(Stage):
     Config: ClassVar[type[BaseModel]] = DedupConfig
     attr_fields: ClassVar[dict[str, pa.DataType]] = {"dedup_cluster_size": pa.int64()}
     needs_fit: ClassVar[bool] = True
+    Figures: ClassVar[type[Figures]] = DedupFigures
     version = 1
 
     config: DedupConfig
@@ -565,7 +638,7 @@ class DedupStage(Stage):
         self._committed = True
 
     # -- report -----------------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> DedupFigures:
         c = self.config
         s_points = [round(x, 2) for x in np.linspace(0.0, 1.0, 21)]
         curve = [(s, round(float(candidate_probability(s, self.bands, self.rows)), 4)) for s in s_points]
@@ -573,51 +646,46 @@ class DedupStage(Stage):
         per_source = {}
         for src, cnt in sorted(self._per_source.items()):
             dups = cnt["exact_duplicate"] + cnt["near_duplicate"]
-            per_source[src] = {
-                "rows": cnt["rows"],
-                "exact_duplicate": cnt["exact_duplicate"],
-                "near_duplicate": cnt["near_duplicate"],
-                "duplicate_rate": round(dups / cnt["rows"], 4) if cnt["rows"] else 0.0,
-            }
-        return {
-            **dict(self.counters),
-            "lsh": {
-                "threshold": c.threshold,
-                "num_perm": c.num_perm,
-                "bands": self.bands,
-                "rows": self.rows,
-                "s_curve": curve,
+            per_source[src] = SourceDuplicates(
+                rows=cnt["rows"],
+                exact_duplicate=cnt["exact_duplicate"],
+                near_duplicate=cnt["near_duplicate"],
+                duplicate_rate=round(dups / cnt["rows"], 4) if cnt["rows"] else 0.0,
+            )
+        pairs = self._pairs
+        return DedupFigures(
+            capped_records=self.counters["capped_records"],
+            char_shingled_records=self.counters["char_shingled_records"],
+            lsh=LshFigures(
+                threshold=c.threshold,
+                num_perm=c.num_perm,
+                bands=self.bands,
+                rows=self.rows,
+                s_curve=curve,
                 **{k: round(v, 5) for k, v in rates.items()},
-                "p_candidate_at_threshold": round(
-                    float(candidate_probability(c.threshold, self.bands, self.rows)), 4
-                ),
-                "p_candidate_at_threshold_minus_0.1": round(
+                p_candidate_at_threshold=round(float(candidate_probability(c.threshold, self.bands, self.rows)), 4),
+                p_candidate_below=round(
                     float(candidate_probability(max(0.0, c.threshold - 0.1), self.bands, self.rows)), 4
                 ),
-            },
-            "pairs": {
-                **dict(self._pairs),
-                # candidates whose signatures disagree: LSH false positives caught by the check
-                "candidate_rejection_rate": round(1 - self._pairs["verified"] / self._pairs["candidates"], 4)
-                if self._pairs["candidates"]
+            ),
+            pairs=PairFigures(
+                **dict(pairs),
+                candidate_rejection_rate=round(1 - pairs["verified"] / pairs["candidates"], 4)
+                if pairs["candidates"]
                 else 0.0,
-                # near-duplicate pairs LSH probably never proposed, from the S-curve at the found
-                # pairs' similarities (an estimate of the false-negative rate of banding)
-                "estimated_missed_pairs": round(self._missed_pairs, 1),
-                "estimated_miss_rate": round(
-                    self._missed_pairs / (self._pairs["verified"] + self._missed_pairs), 4
-                )
-                if self._pairs["verified"]
+                estimated_missed_pairs=round(self._missed_pairs, 1),
+                estimated_miss_rate=round(self._missed_pairs / (pairs["verified"] + self._missed_pairs), 4)
+                if pairs["verified"]
                 else 0.0,
-            },
-            "per_source": per_source,
-            "largest_clusters": [
-                {"size": size, "members": self._cluster_texts.get(lab, [])} for lab, size in self._top
+            ),
+            per_source=per_source,
+            largest_clusters=[
+                Cluster(size=size, members=self._cluster_texts.get(lab, [])) for lab, size in self._top
             ],
-            "index": None
+            index=None
             if self._index is None
-            else {"spec": c.index, "entries_before": self._index_entries_before},
-        }
+            else IndexFigures(spec=str(c.index), entries_before=self._index_entries_before),
+        )
 
 
 def _preview(r: Record, limit: int = 200) -> str:

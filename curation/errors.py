@@ -23,6 +23,10 @@ class ConfigError(SftflowError, ValueError):
     """A recipe / stage config problem, phrased for the user (file, key, problem)."""
 
 
+class MissingFileError(SftflowError, FileNotFoundError):
+    """A file or folder the user named is not there."""
+
+
 def format_validation_error(err: Any, prefix: str = "") -> str:
     """A pydantic ``ValidationError`` as one line: ``key.path: problem (got value)`` per problem."""
     lines = []
@@ -35,4 +39,4 @@ def format_validation_error(err: Any, prefix: str = "") -> str:
     return "; ".join(lines)
 
 
-__all__ = ["SftflowError", "ConfigError", "format_validation_error"]
+__all__ = ["SftflowError", "ConfigError", "MissingFileError", "format_validation_error"]

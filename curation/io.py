@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +108,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden temp folder beside ``path``; when the block succeeds it becomes ``path``.
+
+    A folder cannot be renamed over a non-empty one, so an existing ``path`` is first renamed aside
+    (``.<name>.old-*.tmp``) and removed after: at every instant ``path`` is either absent, the old
+    complete folder or the new complete one — never half written, even after ``kill -9``. What a
+    killed writer leaves (``.<name>.*.tmp`` folders) is removed by the next writer of ``path``; a full
+    disk is a :class:`DiskFullError` naming ``path``, with the temp folder removed.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    with disk_full_names(final):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        with disk_full_names(final):  # a full disk while writing: one line naming the folder, temp freed
+            yield tmp
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", suffix=".tmp", dir=final.parent))
+            os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _json_default(obj: Any) -> Any:
@@ -250,3 +284,65 @@ def _infer_type(value: Any) -> pa.DataType:
     if isinstance(value, str):
         return pa.string()
     return pa.string() if value is None else pa.infer_type([value])
+
+
+# ------------------------------------------------------------------------------------------------
+# one writer per folder
+
+
+class FolderInUse(SftflowError):
+    """Another sftflow process is writing into the same output folder."""
+
+
+#: the lock file in a locked folder (hidden: never mistaken for an output)
+LOCK_NAME = ".sftflow.lock"
+_HELD: dict[str, list[int]] = {}  # resolved folder → [fd, depth]
+_HELD_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``folder`` (created if needed) for this process while the block runs.
+
+    A second process that asks for the same folder meanwhile gets :class:`FolderInUse` — one line
+    naming the holder — instead of two runs overwriting each other's files. The lock is an
+    ``flock`` on ``folder/.sftflow.lock``: the kernel drops it when the holding process ends, however
+    it ends (``kill -9`` included), so a lock file left behind by a dead run is simply free and the
+    next run takes it over (its note — pid, host, start time — is only there for the message; no PID
+    is ever trusted, so a recycled PID cannot fake a live holder). Re-entrant within a process (a
+    pipeline that holds a run folder can call steps that ask for it again). On NFS, Linux maps
+    ``flock`` to POSIX locks held by the NFS lock manager.
+    """
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    key = str(path.resolve())
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is not None:
+            held[1] += 1
+        else:
+            fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                note = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "unknown process"
+                os.close(fd)
+                raise FolderInUse(
+                    f"{path}: folder in use by another sftflow run ({note}); wait for it to finish or "
+                    "choose another output folder"
+                ) from None
+            note = (f"pid {os.getpid()} on {socket.gethostname()} since "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, note, 0)
+            _HELD[key] = [fd, 1]
+    try:
+        yield path
+    finally:
+        with _HELD_GUARD:
+            held = _HELD[key]
+            held[1] -= 1
+            if held[1] == 0:
+                del _HELD[key]
+                fcntl.flock(held[0], fcntl.LOCK_UN)
+                os.close(held[0])

@@ -38,7 +38,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -48,10 +48,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from curation.decontam import DecontamConfig, DecontamStage
 from curation.errors import SftflowError
 from curation.features import classify_tasks, complexity_features_many, complexity_score
-from curation.ingest import IngestConfig, RowError, SourceError, expand_sources, iter_raw_rows, row_to_record
+from curation.ingest import IngestConfig, SourceError, expand_sources, iter_records
 from curation.io import iter_record_batches
 from curation.records import Record, content_id
 from curation.stage import Stage, StageOutput
+from curation.stats import Figures, Sum
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,53 @@ class MixConfig(BaseModel):
         return v
 
 
+class Shortfall(Figures):
+    target: int
+    available: int
+    missing: int
+
+
+class PoolDecontam(Figures):
+    """General rows removed from the pool because they hold a benchmark item (``mix.decontam``)."""
+
+    suite: str
+    #: the benchmark index checked against (its cache key), the benchmarks in it, those skipped and why
+    index: str = ""
+    benchmarks: list[str] = Field(default_factory=list)
+    skipped: dict[str, str] = Field(default_factory=dict)
+    removed: int = 0
+    removed_per_benchmark: dict[str, int] = Field(default_factory=dict)
+    examples: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class MixFigures(Figures):
+    """The mixer's own figures (``stats.json`` ``extra``; the mixer adds rows, so it never runs on shards)."""
+
+    by: Literal["rows", "tokens"] = "rows"
+    ratio: float = 0.0
+    task_rows: Annotated[int, Sum] = 0
+    task_tokens: Annotated[int, Sum] = 0
+    #: general rows (or tokens) the ratio asks for
+    target_general: int = 0
+    general_sources: list[str] = Field(default_factory=list)
+    #: usable rows in the general pool, their size in the unit of ``by``, bad rows per file and reason
+    pool_rows: int | None = None
+    pool_total: int | None = None
+    pool_bad_rows: dict[str, dict[str, int]] = Field(default_factory=dict)
+    general_rows: int = 0
+    general_tokens: int = 0
+    #: the general share of the final mixture, in the unit of ``by``
+    achieved_ratio: float = 0.0
+    general_per_source: dict[str, int] = Field(default_factory=dict)
+    general_task_types: dict[str, int] = Field(default_factory=dict)
+    task_task_types: dict[str, int] = Field(default_factory=dict)
+    #: general rows dropped for holding a benchmark item (with ``decontam``)
+    pool_decontam: PoolDecontam | None = None
+    #: with ``strict: false``, how far the pool fell short (and the warning said so)
+    shortfall: Shortfall | None = None
+    warning: str | None = None
+
+
 class MixStage(Stage):
     """Tags task rows and adds a stratified, seeded sample of general rows (see module docstring)."""
 
@@ -116,6 +164,7 @@ class MixStage(Stage):
     Config: ClassVar[type[BaseModel]] = MixConfig
     version = 1
     attr_fields: ClassVar[dict[str, pa.DataType]] = {"mix_source": pa.string(), "mix_origin": pa.string()}
+    Figures: ClassVar[type[Figures]] = MixFigures
 
     def __init__(self, config: MixConfig | None = None):
         super().__init__(config)
@@ -128,6 +177,7 @@ class MixStage(Stage):
         self._decontam: DecontamStage | None = None
         self._pool_removed: Counter[str] = Counter()
         self._pool_examples: list[dict[str, Any]] = []
+        self._sources()  # a missing general file fails now, not after the task data was read
 
     def process(self, batch: list[Record]) -> StageOutput:
         for r in batch:
@@ -155,14 +205,9 @@ class MixStage(Stage):
             return
         icfg = IngestConfig(field_map=self.config.field_map, batch_size=self.config.batch_size)
         seen: Counter[str] = Counter()
-        for lineno, row, err in iter_raw_rows(path, icfg):
-            if err is not None:
+        for _, rec, err in iter_records(path, icfg):
+            if rec is None:
                 yield None, err.reason
-                continue
-            try:
-                rec, _ = row_to_record(row, path, lineno, icfg)
-            except RowError as e:
-                yield None, e.reason
                 continue
             if not rec.id:
                 base = content_id(rec.messages, rec.text)
@@ -371,8 +416,8 @@ class MixStage(Stage):
                 chosen.append(perm[:k])
         return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
-    def stats(self) -> dict[str, Any]:
-        return dict(self._report)
+    def stats(self) -> MixFigures:
+        return MixFigures.model_validate(self._report)
 
     def fingerprint(self) -> str:
         if self.config.decontam is None:

@@ -37,7 +37,15 @@ from pydantic import BaseModel, Field
 
 from curation.errors import ConfigError
 from curation.ingest import IngestConfig, IngestStage, expand_sources
-from curation.io import LEDGER_SCHEMA, ParquetWriter, atomic_path, count_rows, parquet_schema, write_json
+from curation.io import (
+    LEDGER_SCHEMA,
+    ParquetWriter,
+    atomic_path,
+    count_rows,
+    folder_lock,
+    parquet_schema,
+    write_json,
+)
 from curation.rundir import CurateDir
 from curation.runner import BATCH_SIZE, Executor, clean_partial, concat_parquet, run_stage
 from curation.stage import Stage, build_stage, crash_point, files_digest
@@ -111,6 +119,14 @@ def curate(
         built.insert(0, IngestStage(ingest_config or IngestConfig(), sources))
         current, fp, first = None, "", 0
 
+    with folder_lock(folder.root):
+        return _curate(folder, built, current, fp, first, records, resume, batch_size, on_stage, progress_factory,
+                       executor)
+
+
+def _curate(folder: CurateDir, built: list[Stage], current: Path | None, fp: str, first: int,
+            records: str | Path | None, resume: bool, batch_size: int, on_stage, progress_factory,
+            executor: Executor | None) -> CurateSummary:
     clean_partial(folder.root)
     # summary.json marks a finished run: gone while this one is under way
     folder.summary.unlink(missing_ok=True)

@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.errors import SftflowError
+from curation.errors import ConfigError, MissingFileError, SftflowError
 from curation.io import atomic_path, iter_record_batches, parquet_schema, write_json
 from curation.records import Record, content_id, detect_lang
 
@@ -133,7 +133,7 @@ def iter_input_records(path: str | os.PathLike) -> Iterator[Record]:
     """Records from a records parquet (a stage's output), any file ingest reads, or ``.txt`` lines."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file")
+        raise MissingFileError(f"{p}: no such file")
     if p.suffix == ".parquet" and {"id", "messages", "text", "meta"} <= set(parquet_schema(p).names):
         for batch in iter_record_batches(p):
             yield from batch
@@ -144,17 +144,11 @@ def iter_input_records(path: str | os.PathLike) -> Iterator[Record]:
                 if line.strip():
                     yield Record(id=f"{p.name}:{i}", text=line.rstrip("\n"), source=str(p), line=i)
         return
-    from curation.ingest import IngestConfig, RowError, iter_raw_rows, row_to_record
+    from curation.ingest import IngestConfig, iter_records
 
-    cfg = IngestConfig()
-    for lineno, row, err in iter_raw_rows(str(p), cfg):
-        if err is not None:
-            continue
-        try:
-            rec, _ = row_to_record(row, str(p), lineno, cfg)
-        except RowError:
-            continue
-        yield rec
+    for _, rec, _ in iter_records(str(p), IngestConfig()):
+        if rec is not None:  # a bad row is no example
+            yield rec
 
 
 def _files_hash(paths: list[str]) -> str:
@@ -236,7 +230,7 @@ def train_classifier(
 
     cfg = config if isinstance(config, ClassifierConfig) else ClassifierConfig(**(config or {}))
     if not pos or not neg:
-        raise ValueError("train_classifier needs at least one positive and one negative file")
+        raise ConfigError("train_classifier needs at least one positive and one negative file")
     started = time.perf_counter()
     train_lines: list[str] = []
     held: list[tuple[str, bool]] = []
@@ -252,9 +246,9 @@ def train_classifier(
                     train_lines.append(f"{label} {line}")
     for key, paths in (("pos", pos), ("neg", neg)):
         if counts[key] < 2:
-            raise ValueError(f"train_classifier: only {counts[key]} {key} rows readable in {paths}")
+            raise ConfigError(f"train_classifier: only {counts[key]} {key} rows readable in {paths}")
     if not held:
-        raise ValueError("no rows held out for metrics: add data or raise heldout_fraction")
+        raise ConfigError("no rows held out for metrics: add data or raise heldout_fraction")
 
     random.Random(cfg.seed).shuffle(train_lines)  # fastText reads in order; mixed labels train better
     with tempfile.TemporaryDirectory() as tmp:
@@ -283,7 +277,7 @@ def train_classifier(
             if error is None:
                 break
             if attempt == 3:
-                raise ValueError(f"fastText training failed ({error}) even at lr {lr}; check the data")
+                raise ConfigError(f"fastText training failed ({error}) even at lr {lr}; check the data")
             log.warning("fastText diverged at lr %s (%s); retrying at lr %s", lr, error, lr / 2)
             lr /= 2
         model = fasttext.load_model(model_file)

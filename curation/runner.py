@@ -75,7 +75,7 @@ def _outputs(stage: Stage, read: Callable[[], Iterable[list[Record]]] | None) ->
 
 def _figures(stage: Stage) -> dict[str, Any]:
     figures = stage.stats()
-    return figures.model_dump(mode="json") if isinstance(figures, Figures) else dict(figures)
+    return figures.to_json() if isinstance(figures, Figures) else dict(figures)
 
 
 def drive(
@@ -318,7 +318,10 @@ def clean_partial(folder: str | Path) -> None:
     folder = Path(folder)
     if folder.is_dir():
         for tmp in folder.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
         shutil.rmtree(folder / ".shards", ignore_errors=True)
 
 

@@ -137,6 +137,38 @@ class SelectConfig(BaseModel):
         return " + ".join(f"{w:g} x {c}" for c, w in zip(cols, weights, strict=True))
 
 
+class IfdSummary(Figures):
+    """IFD of a set of rows (the scored ones): count, mean, median, counts per bin of ``IfdFigures.edges``."""
+
+    rows: int = 0
+    mean: float | None = None
+    median: float | None = None
+    histogram: list[int] = Field(default_factory=list)
+
+
+class IfdExample(Figures):
+    """A row shown in the report's IFD section: its id, IFD, both losses, the start of its texts."""
+
+    id: str
+    ifd: float
+    loss_given_instruction: float | None = None
+    loss_answer_only: float | None = None
+    instruction: str = ""
+    answer: str = ""
+
+
+class IfdFigures(Figures):
+    """IFD before/after selection: the misaligned threshold, histograms, unscored rows, examples
+    (``lowest``, ``highest_kept``, ``misaligned``)."""
+
+    threshold: float | None = None
+    edges: list[float] = Field(default_factory=list, min_length=2)
+    before: IfdSummary = Field(default_factory=IfdSummary)
+    after: IfdSummary = Field(default_factory=IfdSummary)
+    unscored: int = 0
+    examples: dict[str, list[IfdExample]] = Field(default_factory=dict)
+
+
 class SelectFigures(Figures):
     """What the select stage reports. Selection ranks all rows at once, so it never runs on shards;
     the merge rules only say what each figure is."""
@@ -155,9 +187,8 @@ class SelectFigures(Figures):
     rank_missing: Annotated[int, Sum] = 0
     #: rows dropped as misaligned (ifd >= misaligned_ifd)
     misaligned: Annotated[int, Sum] = 0
-    #: IFD before/after selection (only when the input has an ifd column): threshold, edges,
-    #: histograms, unscored rows, and a few examples (lowest, highest kept, misaligned)
-    ifd: dict[str, Any] = Field(default_factory=dict)
+    #: IFD before/after selection (only when the input has an ifd column)
+    ifd: IfdFigures | None = None
     #: distributions of all input rows / of the kept rows (task types, languages, complexity)
     before: dict[str, Any] = Field(default_factory=dict)
     after: dict[str, Any] = Field(default_factory=dict)
@@ -546,10 +577,10 @@ class SelectStage(Stage):
             for p in rows:
                 self._ifd_examples.setdefault(int(p), kind)
 
-    def _ifd_figures(self, kept: np.ndarray) -> dict[str, Any]:
+    def _ifd_figures(self, kept: np.ndarray) -> IfdFigures | None:
         scored = ~np.isnan(self._ifd)
         if not scored.any():
-            return {}
+            return None
 
         def hist(values: np.ndarray) -> list[int]:
             clipped = np.clip(values[~np.isnan(values)], IFD_EDGES[0], IFD_EDGES[-1])
@@ -565,14 +596,14 @@ class SelectStage(Stage):
             kind: sorted(rows, key=lambda e: e["ifd"], reverse=kind != "lowest")
             for kind, rows in self._ifd_example_rows.items()
         }
-        return {
-            "threshold": self.config.misaligned_ifd,
-            "edges": IFD_EDGES,
-            "before": {**summary(self._ifd), "histogram": hist(self._ifd)},
-            "after": {**summary(self._ifd[kept]), "histogram": hist(self._ifd[kept])},
-            "unscored": int((~scored).sum()),
-            "examples": examples,
-        }
+        return IfdFigures(
+            threshold=self.config.misaligned_ifd,
+            edges=IFD_EDGES,
+            before={**summary(self._ifd), "histogram": hist(self._ifd)},
+            after={**summary(self._ifd[kept]), "histogram": hist(self._ifd[kept])},
+            unscored=int((~scored).sum()),
+            examples=examples,
+        )
 
     def _cutoff(self, kept: np.ndarray) -> float | None:
         """The lowest ranking score kept when the budget was filled (rows without one left out)."""

@@ -101,12 +101,13 @@ class Stage:
 
     @property
     def per_row(self) -> bool:
-        """True when each row's fate depends on that row alone (no fit pass, no rows added).
+        """True when the stage can run on shards: each row's fate depends on that row alone (no fit pass,
+        no rows added) and its figures declare how they merge (:attr:`Figures`).
 
-        Such a stage can run on contiguous shards whose outputs, concatenated in order, are the
-        rows an unsharded run writes; the others (dedup, select, mix) run whole.
+        Such a stage runs on contiguous shards whose outputs, concatenated in order, are the rows an
+        unsharded run writes; the others (dedup, select, mix) run whole.
         """
-        return not self.needs_fit and type(self).added is Stage.added
+        return not self.needs_fit and type(self).added is Stage.added and self.Figures is not None
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         """The input's columns plus the attribute columns this stage adds."""

@@ -21,9 +21,8 @@ or the name of a config field); ``Same`` is a value every shard must agree on (a
 edges). A nested :class:`Figures` merges field by field. A field without a rule must be equal in
 every shard, or the merge fails naming it: a new figure cannot be merged by accident.
 
-Stages whose ``stats()`` still returns a plain dict are merged by :func:`merge_untyped`, which
-guesses a rule from the value types (the sharded runner's old behaviour) — until they declare
-:class:`Figures`.
+A stage whose ``stats()`` returns a plain dict (no :class:`Figures`) is never sharded: nothing
+guesses how its figures would merge.
 """
 
 from __future__ import annotations
@@ -33,10 +32,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
-
-#: example lists in merged untyped figures are cut to this when the stage names no limit
-DEFAULT_EXAMPLES = 5
-
 
 # ------------------------------------------------------------------------------------------------
 # merge rules
@@ -135,6 +130,10 @@ class Figures(BaseModel):
                 raise ValueError(f"{where}: shards differ and the field declares no merge rule")
         return cls.model_validate(merged)
 
+    def to_json(self) -> dict[str, Any]:
+        """The figures as ``stats.json`` holds them (by alias; a figure not measured is left out)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
 
 def _figures_type(annotation: Any) -> type[Figures] | None:
     if isinstance(annotation, type) and issubclass(annotation, Figures):
@@ -153,50 +152,6 @@ class Histogram(Figures):
 
     edges: Annotated[list[float], Same] = Field(default_factory=list)
     counts: Annotated[list[int], Sum] = Field(default_factory=list)
-
-
-# ------------------------------------------------------------------------------------------------
-# untyped figures (stages that still return a dict)
-
-
-def merge_untyped(parts: list[Any], weights: list[int], examples_cap: int = DEFAULT_EXAMPLES) -> Any:
-    """Merge plain-dict figures by value type: counts add, means are row-weighted, examples concatenate.
-
-    Only for stages that have not declared :class:`Figures` yet; a typed stage says what each field is.
-    """
-    present = [(p, w) for p, w in zip(parts, weights, strict=True) if p is not None]
-    if not present:
-        return None
-    values = [p for p, _ in present]
-    first = values[0]
-    if all(isinstance(v, dict) for v in values):
-        keys = list(dict.fromkeys(k for v in values for k in v))
-        merged = {}
-        for k in keys:
-            if k == "edges":  # histogram bin edges are the same in every shard
-                merged[k] = next(v[k] for v in values if k in v)
-                continue
-            sub = [v.get(k) for v, _ in present]
-            merged[k] = merge_untyped(sub, [w for _, w in present], examples_cap)
-        return merged
-    if all(isinstance(v, bool) for v in values) or all(isinstance(v, str) for v in values):
-        return first
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return sum(values)
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        if all(v == first for v in values):
-            return first
-        total = sum(w for _, w in present)
-        mean = sum(float(v) * w for v, w in present) / total if total else float(first)
-        return round(mean, 4)
-    if all(isinstance(v, list) for v in values):
-        if all(all(isinstance(x, int) and not isinstance(x, bool) for x in v) for v in values) and \
-                len({len(v) for v in values}) == 1:
-            return [sum(xs) for xs in zip(*values, strict=True)]  # a histogram
-        if all(v == first for v in values):
-            return first
-        return [x for v in values for x in v][:examples_cap]
-    return first
 
 
 # ------------------------------------------------------------------------------------------------
@@ -261,22 +216,19 @@ class StageStats(BaseModel):
               seconds: float | None = None) -> StageStats:
         """The stats of one stage run on contiguous shards, from the shards' stats.
 
-        Counts add; the figures merge by the rules of ``figures`` (the stage's :class:`Figures`), or
-        by :func:`merge_untyped` for a stage without one.
+        Counts add; the figures merge by the rules of ``figures`` (the stage's :class:`Figures`).
         """
         if not parts:
             raise ValueError("no shard stats to merge")
+        if figures is None:
+            raise ValueError(f"stage {parts[0].stage!r} declares no Figures: its figures cannot be merged")
         reasons: dict[str, int] = {}
         for p in parts:
             for k, v in p.dropped_by_reason.items():
                 reasons[k] = reasons.get(k, 0) + v
         weights = [p.rows_in for p in parts]
-        if figures is not None:
-            typed = [figures.model_validate(p.extra) for p in parts]
-            extra = figures.merge(typed, weights, config).model_dump(mode="json")
-        else:
-            cap = getattr(config, "examples_per_reason", None) or DEFAULT_EXAMPLES
-            extra = merge_untyped([p.extra for p in parts], weights, cap) or {}
+        typed = [figures.model_validate(p.extra) for p in parts]
+        extra = figures.merge(typed, weights, config).to_json()
         merged = cls.build(
             parts[0].stage,
             sum(p.rows_in for p in parts),

@@ -112,7 +112,7 @@ def _resolve_device(device: str) -> str:
 
 def _default_load_trained() -> Callable | None:
     try:
-        from training.sft import load_trained  # written by the training stage
+        from training.artifacts import load_trained  # training owns how its output is read
     except ImportError:
         return None
     return load_trained

@@ -15,42 +15,25 @@ import sys
 # OpenMP threads sleep rather than spin while waiting: with anything else on the CPU (the Prefect server,
 # a second job) spinning made torch on 2 cores up to ~10x slower here. Set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from curation.errors import SftflowError
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="sftflow: instruction-data curation + SFT, with a built-in \"did it get dumber?\" regression gate.",
-)
-console = Console(stderr=True)
-out_console = Console()
+from flows.console import UserError, app, console, out_console, progress_bars
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_RECIPE = REPO / "configs" / "demo.yaml"
 
 
-class UserError(SftflowError):
-    """A bad command line (a flag's value, a missing file named on it)."""
-
-
 def main() -> None:
+    """The ``sftflow`` entry point: a user error is one line on stderr and its exit code (2), never a traceback."""
     try:
         app()
     except SftflowError as e:
         console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
         sys.exit(e.exit_code)
-    except FileNotFoundError as e:  # a path named on the command line that is not there
-        console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
-        sys.exit(2)
     except Exception as e:
         # a full disk in a write that does not name its file (training, caches): still one line
         if not _disk_full(e):
@@ -67,44 +50,6 @@ def _disk_full(e: BaseException) -> bool:
     sqlite3 = sys.modules.get("sqlite3")
     return is_disk_full(e) or (sqlite3 is not None and isinstance(e, sqlite3.OperationalError)
                                and "disk is full" in str(e))
-
-
-@contextmanager
-def progress_bars():
-    """A rich progress display; yields a factory (name, total) → callback(n_rows)."""
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
-    ) as prog:
-
-        def factory(name: str, total: int | None) -> Callable[[int], None]:
-            # a new step starts when the previous one ended: close open-ended bars (unknown totals)
-            for t in prog.tasks:
-                if t.total is None:
-                    prog.update(t.id, total=t.completed)
-            tid = prog.add_task(name, total=total)
-            return lambda n: prog.advance(tid, n)
-
-        yield factory
-
-
-def _steps(advance: Callable[[int], None]) -> Callable[[int], None]:
-    """Training reports the step number; the bar advances one per step."""
-    return lambda step: advance(1)
-
-
-def _stages(factory) -> Callable[[str, int, int], None]:
-    """Eval reports (stage, done, total): one bar per stage."""
-    bars: dict[str, tuple[Callable[[int], None], list[int]]] = {}
-
-    def report(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            bars[stage] = (factory(f"eval {stage}", total), [0])
-        advance, seen = bars[stage]
-        advance(done - seen[0])
-        seen[0] = done
-
-    return report
 
 
 def _run_single_stage(name: str, files: list[str], out: Path, config: dict[str, Any], sets: list[str]) -> None:
@@ -144,13 +89,14 @@ def ingest(
 ) -> None:
     """Read instruction data of any supported format into the record schema (+ ledger)."""
     from curation.errors import format_validation_error
-    from curation.ingest import IngestConfig
+    from curation.ingest import IngestConfig, expand_sources
     from curation.ingest import ingest as run_ingest
 
     try:
         cfg = IngestConfig(field_map=_kv(field_map))
     except Exception as e:  # pydantic ValidationError
         raise UserError(format_validation_error(e) if hasattr(e, "errors") else str(e)) from None
+    expand_sources(files)  # a missing file fails here, before any work
     with progress_bars() as pf:
         res = run_ingest(files, out, cfg, progress=pf("ingest", None))
     st = res.stats
@@ -269,28 +215,7 @@ def curate(
     local: bool = typer.Option(False, "--local", help="run without Prefect"),
 ) -> None:
     """Ingest + every curation stage of a recipe."""
-    from flows import runner
-    from flows.recipe import load_recipe
-    from flows.summary import print_curation
-
-    r = load_recipe(recipe, sets)
-    if local:
-        rd = runner.new_run_dir(r, out)
-        with progress_bars() as pf:
-            summary = runner.step_curate(r, rd, resume=resume, progress_factory=pf)
-        runner.write_run_info(rd, r, curate=summary)
-        from flows.report import build_report
-
-        out_console.print(f"report: {build_report(rd)}")
-    else:
-        from flows.flows import curate_flow
-        from flows.server import own_ephemeral_server
-
-        own_ephemeral_server()
-        res = curate_flow(r, out, resume)
-        rd, summary = Path(res["run_dir"]), res["curate"]
-    print_curation(summary, out_console)
-    out_console.print(f"run folder: {rd}")
+    _run_recipe(recipe, out, resume, sets, local, upto="curate")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -300,7 +225,8 @@ def curate(
 @app.command()
 def train(
     model: str = typer.Option(..., "--model", help="hub id, local folder, or alias (smollm2-135m-instruct, tiny-random-llama)"),
-    data: Path = typer.Option(..., "--data", help="records parquet (a curation output)"),
+    data: list[str] = typer.Option(..., "--data", help="training data: a records parquet (a curation output) or "
+                                                        "any file ingest reads (jsonl, json, csv, parquet, hf://...)"),
     method: str = typer.Option("lora", "--method", help="lora, ia3, bitfit, adapter or full"),
     out: Path = typer.Option(..., "--out"),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16"),
@@ -310,8 +236,13 @@ def train(
 ) -> None:
     """Supervised fine-tuning (no Prefect needed)."""
     from curation.errors import format_validation_error
+    from curation.io import folder_lock
+    from curation.pipeline import records_input
+    from curation.rundir import TrainDir
     from flows.recipe import parse_overrides
+    from flows.runner import step_bar
     from training.config import TrainConfig
+    from training.models import resolve_model
     from training.sft import train as run_train
 
     cfg: dict[str, Any] = {"model": model, "method": method, "precision": precision, **parse_overrides(sets)}
@@ -321,10 +252,10 @@ def train(
         tc = TrainConfig.model_validate(cfg)
     except Exception as e:
         raise UserError(format_validation_error(e, "train") if hasattr(e, "errors") else str(e)) from None
-    if not data.exists():
-        raise UserError(f"{data}: no such data file")
-    with progress_bars() as pf:
-        summary = run_train(tc, data, out, resume=resume, progress=_steps(pf("train steps", tc.max_steps)))
+    resolve_model(tc.model)  # an unknown model fails here, before the data is read
+    with folder_lock(out), progress_bars() as pf:
+        records = records_input(data, TrainDir(out).data.root, progress_factory=pf)
+        summary = run_train(tc, records, out, resume=resume, progress=step_bar(pf("train steps", tc.max_steps)))
     # id lists stay in summary.json; the terminal gets the figures
     compact = {k: v for k, v in summary.items() if not isinstance(v, (list, dict)) or k == "dropped_by_reason"}
     out_console.print(json.dumps(compact, indent=2, default=str))
@@ -349,12 +280,18 @@ def eval_cmd(
     out: Path = typer.Option(..., "--out"),
     data_dir: str | None = typer.Option(None, "--data-dir", help="local benchmark copies (else the hub)"),
     limit: int | None = typer.Option(None, "--limit", help="items per task"),
+    target_data: list[str] = typer.Option([], "--target-data", help="held-out target-task data (any file ingest "
+                                                                      "reads): the gain fine-tuning brought"),
     sets: list[str] = typer.Option([], "--set"),
 ) -> None:
     """Before/after general-capability eval with paired statistics; writes verdict.json."""
-    from curation.errors import format_validation_error
+    from curation.errors import MissingFileError, format_validation_error
+    from curation.io import folder_lock
+    from curation.pipeline import records_input
+    from curation.rundir import EvalDir
     from evals.run import EvalConfig, evaluate
     from flows.recipe import parse_overrides
+    from flows.runner import eval_bars
     from flows.summary import print_verdict
 
     cfg: dict[str, Any] = {"suite": suite, **parse_overrides(sets)}
@@ -366,10 +303,15 @@ def eval_cmd(
         ec = EvalConfig.model_validate(cfg)
     except Exception as e:
         raise UserError(format_validation_error(e, "eval") if hasattr(e, "errors") else str(e)) from None
-    with progress_bars() as pf:
-        verdict = evaluate(ec, base, adapter, out, progress=_stages(pf))
+    if adapter is not None and not Path(adapter).exists():
+        raise MissingFileError(f"--adapter {adapter}: no such folder")
+    with folder_lock(out), progress_bars() as pf:
+        if target_data:
+            ec = ec.model_copy(update={"target_data": str(records_input(target_data, EvalDir(out).target_data.root,
+                                                                         progress_factory=pf))})
+        verdict = evaluate(ec, base, adapter, out, progress=eval_bars(pf))
     print_verdict(verdict, out_console)
-    out_console.print(f"verdict: {out / 'verdict.json'}")
+    out_console.print(f"verdict: {EvalDir(out).verdict}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -385,7 +327,7 @@ def run(
     local: bool = typer.Option(False, "--local", help="run without Prefect"),
 ) -> None:
     """curate → SFT → before/after eval → gate, as one Prefect flow."""
-    _run_pipeline(recipe, out, resume, sets, local)
+    _run_recipe(recipe, out, resume, sets, local)
 
 
 @app.command()
@@ -395,7 +337,7 @@ def demo(
     local: bool = typer.Option(False, "--local"),
 ) -> None:
     """The whole pipeline on the embedded demo data and SmolLM2-135M (offline, CPU ≤ 15 min)."""
-    _run_pipeline(DEMO_RECIPE, out, False, sets, local)
+    _run_recipe(DEMO_RECIPE, out, False, sets, local)
 
 
 @app.command()
@@ -407,60 +349,55 @@ def experiment(
     """An experiment recipe: replay ratios, or named arms (e.g. selection by IFD / complexity / random)."""
     from flows.experiments import arms_flow, replay_flow
     from flows.recipe import load_recipe
-    from flows.server import own_ephemeral_server
 
     r = load_recipe(recipe, sets)
     if r.experiment is None:
         raise UserError(f"{recipe}: no `experiment:` section")
-    own_ephemeral_server()
     cmd = " ".join(["sftflow experiment --recipe", str(recipe), *[f"--set {s}" for s in sets]])
     res = (arms_flow if r.experiment.kind == "arms" else replay_flow)(r, out, command=cmd)
     out_console.print(res["markdown"])
     out_console.print(f"run folder: {res['run_dir']}")
 
 
-def _run_pipeline(recipe: Path, out: str | None, resume: bool, sets: list[str], local: bool) -> None:
+def _run_recipe(recipe: Path, out: str | None, resume: bool, sets: list[str], local: bool,
+                upto: Literal["curate", "gate"] = "gate") -> None:
+    """A recipe through :func:`flows.runner.run`: as Prefect flows, or here with progress bars (``--local``)."""
     from flows import runner
     from flows.recipe import load_recipe
-    from flows.summary import print_curation, print_verdict
 
     r = load_recipe(recipe, sets)
     rd = runner.new_run_dir(r, out)
     failed: Exception | None = None
-    if local:
-        with progress_bars() as pf:
-            summary = runner.step_curate(r, rd, resume=resume, progress_factory=pf)
-            res: dict[str, Any] = {"curate": summary}
-            if r.train is not None:
-                split = runner.step_split(r, rd)
-                res["train"] = runner.step_train(r, split["train"], rd, resume=resume,
-                                                 progress=_steps(pf("train steps", r.train_config().max_steps)))
-                if r.eval is not None:
-                    res["verdict"] = runner.step_eval(r, rd, split["heldout"], progress=_stages(pf))
-        runner.write_run_info(rd, r, curate=summary, verdict=(res.get("verdict") or {}).get("verdict"))
-    else:
-        from flows.flows import pipeline_flow
+    if not local:
         from flows.server import own_ephemeral_server
 
         own_ephemeral_server()
-        try:
-            res = pipeline_flow(r, str(rd), resume)
-        except runner.GateFailed as e:
-            failed = e
-            res = {}
-    _finish(rd, res, failed, print_curation, print_verdict)
+    try:
+        if local:
+            with progress_bars() as pf:
+                runner.run(r, rd.root, resume=resume, steps=runner.ProgressSteps(pf), upto=upto)
+        elif upto == "curate":
+            from flows.flows import curate_flow
+
+            curate_flow(r, str(rd), resume)
+        else:
+            from flows.flows import pipeline_flow
+
+            pipeline_flow(r, str(rd), resume)
+    except runner.GateFailed as e:
+        failed = e
+    _finish(rd, failed)
 
 
-def _finish(rd: Path, res: dict, failed: Exception | None, print_curation, print_verdict) -> None:
+def _finish(rd, failed: Exception | None) -> None:
+    """What the run left in its folder, in the terminal: funnel, SFT line, verdict, report; exit 3 on a failed gate."""
     from curation.io import read_json
     from curation.pipeline import CurateSummary
+    from flows.summary import print_curation, print_verdict
 
-    summary = res.get("curate") or (CurateSummary.model_validate(read_json(rd / "curate" / "summary.json"))
-                                    if (rd / "curate" / "summary.json").exists() else None)
-    if summary:
-        print_curation(summary, out_console)
-    tr = res.get("train") or (read_json(rd / "train" / "summary.json") if (rd / "train" / "summary.json").exists()
-                              else None)
+    if rd.curate.summary.exists():
+        print_curation(CurateSummary.model_validate(read_json(rd.curate.summary)), out_console)
+    tr = read_json(rd.train.summary) if rd.train.summary.exists() else None
     if tr:
         def f(v: Any, d: int = 3) -> str:
             return f"{v:.{d}f}" if isinstance(v, float) else str(v)
@@ -468,22 +405,15 @@ def _finish(rd: Path, res: dict, failed: Exception | None, print_curation, print
         out_console.print(
             f"SFT: {tr.get('method')} {tr.get('steps')} steps, loss {f(tr.get('first_loss'))} → "
             f"{f(tr.get('final_loss'))}, {f(tr.get('tokens_per_s'), 0)} tokens/s ({tr.get('precision')}, "
-            f"{tr.get('device')}); outputs in {rd / 'train'}"
+            f"{tr.get('device')}); outputs in {rd.train.root}"
         )
-    verdict = res.get("verdict") or (read_json(rd / "eval" / "verdict.json")
-                                     if (rd / "eval" / "verdict.json").exists() else None)
-    if verdict:
-        print_verdict(verdict, out_console)
-    report = rd / "report.html"
-    try:
-        from flows.report import build_report
+    if rd.eval.verdict.exists():
+        print_verdict(read_json(rd.eval.verdict), out_console)
+    from flows.report import build_report
 
-        build_report(rd)
-    except ImportError:
-        report = None
+    report = build_report(rd.root)
     out_console.print(f"run folder: {rd}")
-    if report is not None and report.exists():
-        out_console.print(f"report: {report}")
+    out_console.print(f"report: {report}")
     if failed is not None:
         console.print(f"[bold red]{failed}[/]")
         raise typer.Exit(3)

@@ -1,4 +1,4 @@
-"""Prefect operations: report artifacts, the flows deployments expose, and ``sftflow serve``.
+"""Prefect operations: the flows deployments expose, and ``sftflow serve``.
 
 Deployments (``prefect.yaml``) need flows whose parameters are plain JSON a person can type in the
 UI or after ``prefect deployment run -p``: :func:`curate_sources_flow` (recipe + sources) and
@@ -13,66 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_link_artifact, create_table_artifact
+from prefect import flow
 
+from flows.flows import curate_flow, evaluate_flow, pipeline_flow, sft_flow
 from flows.recipe import Recipe
-
-#: rows of train_log.jsonl published as a table artifact (evenly thinned beyond this)
-TRAIN_LOG_ROWS = 200
-#: runs of the trend published as a table artifact (newest first)
-TREND_ROWS = 50
-
-
-def _key(recipe: Recipe, what: str) -> str:
-    from flows.flows import artifact_key
-
-    return artifact_key(recipe, what)
-
-
-def publish_report(recipe: Recipe, run_dir: str | Path) -> Path | None:
-    """Build RUN/report.html, then link it (and the recipe's trend table) from the Prefect UI.
-
-    A report problem is logged, never fails the flow: the run's data is what matters.
-    """
-    from flows.report import build_report, history_path, read_history
-
-    log = get_run_logger()
-    try:
-        path = build_report(run_dir).resolve()
-    except Exception as e:  # noqa: BLE001 - a broken report must not fail a finished run
-        log.warning("report of %s not built: %s: %s", run_dir, type(e).__name__, e)
-        return None
-    create_link_artifact(
-        key=_key(recipe, "report"), link=path.as_uri(), link_text=f"{recipe.name}: HTML report",
-        description=f"Funnel, dropped rows, scores, duplicates, mixture, training and eval of {path.parent} "
-                    f"(`sftflow report {path.parent} --serve` serves it over http).",
-    )
-    history = read_history(history_path(run_dir, recipe.name))
-    if history:
-        cols = ("time", "run", "rows_in", "rows_out", "duplicate_rate", "mean_quality", "task_type_entropy",
-                "final_loss", "verdict")
-        create_table_artifact(
-            key=_key(recipe, "trend"), table=[{c: h.get(c) for c in cols} for h in reversed(history[-TREND_ROWS:])],
-            description=f"Key figures of the last runs of {recipe.name}, newest first",
-        )
-    log.info("report: %s", path)
-    return path
-
-
-def publish_training(recipe: Recipe, run_dir: str | Path) -> None:
-    """The training curve (train_log.jsonl) as a table artifact."""
-    from flows.report import read_train_log
-
-    rows = read_train_log(Path(run_dir) / "train" / "train_log.jsonl")
-    if not rows:
-        return
-    step = max(1, -(-len(rows) // TRAIN_LOG_ROWS))
-    thinned = rows[::step] if rows[-1] in rows[::step] else rows[::step] + [rows[-1]]
-    cols = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "eval_loss")
-    create_table_artifact(key=_key(recipe, "sft-log"), table=[{c: r.get(c) for c in cols} for r in thinned],
-                          description=f"SFT training log of {recipe.name} (step, loss, lr, grad norm, tokens/s)")
-
 
 # ------------------------------------------------------------------------------------------------
 # flows for deployments
@@ -90,9 +34,10 @@ def recipe_of_run(run_dir: str | Path, overrides: list[str] | None = None) -> Re
     """The recipe a run folder was made with (its run.json), with ``overrides`` applied."""
     from curation.errors import ConfigError, format_validation_error
     from curation.io import read_json
+    from curation.rundir import RunDir
     from flows.recipe import apply_overrides, parse_overrides
 
-    info_path = Path(run_dir) / "run.json"
+    info_path = RunDir(Path(run_dir)).info
     if not info_path.exists():
         raise ConfigError(f"{info_path}: not found; pass the recipe explicitly (recipe=...)")
     data = apply_overrides(read_json(info_path)["recipe"], parse_overrides(overrides or []))
@@ -108,8 +53,6 @@ def recipe_of_run(run_dir: str | Path, overrides: list[str] | None = None) -> Re
 def curate_sources_flow(recipe: str, sources: list[str] | None = None, run_dir: str | None = None,
                         overrides: list[str] | None = None) -> dict[str, Any]:
     """Curate a recipe, optionally on other source files (relative paths: against the recipe's folder)."""
-    from flows.flows import curate_flow
-
     ovs = list(overrides or [])
     if sources:
         ovs.append("sources=" + json.dumps(list(sources)))
@@ -126,7 +69,6 @@ def sft_eval_flow(run_dir: str, recipe: str | None = None, method: str | None = 
     ``rank`` (LoRA rank), ``precision`` and ``max_steps`` override its train section.
     """
     from curation.errors import ConfigError
-    from flows.flows import evaluate_flow, sft_flow
     from flows.recipe import load_recipe
 
     ovs = list(overrides or []) + train_overrides(method, rank, precision, max_steps)
@@ -143,8 +85,6 @@ def sft_eval_flow(run_dir: str, recipe: str | None = None, method: str | None = 
 def pipeline_recipe_flow(recipe: str, run_dir: str | None = None, resume: bool = False,
                          overrides: list[str] | None = None) -> dict[str, Any]:
     """curate → SFT → before/after eval → gate of a recipe file (what ``sftflow serve --flow pipeline`` runs)."""
-    from flows.flows import pipeline_flow
-
     return pipeline_flow(recipe, run_dir, resume, list(overrides or []))
 
 

@@ -12,7 +12,7 @@ stages on the training split (``experiment.arms.<name>``: e.g. a ``select`` that
 budget by IFD, by complexity or at random), trains with the same settings and seed, and is evaluated
 against the base on the same held-out rows and the same suite. Output: ``arms.json``/``arms.md`` —
 per arm the rows trained, train loss, held-out NLL base → tuned with the gain's CI, each task's delta
-with its CI, and the verdict — in ``RUN/arm_<name>/{NN_<stage>,train,eval}``.
+with its CI, and the verdict — in ``RUN/arm_<name>/{curate/NN_<stage>,train,eval}``.
 """
 
 from __future__ import annotations
@@ -31,31 +31,33 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from curation.io import atomic_path, write_json  # noqa: E402
+from curation.io import atomic_path, folder_lock, write_json  # noqa: E402
+from curation.rundir import RunDir  # noqa: E402
 from curation.runner import run_stage  # noqa: E402
 from curation.stage import build_stage  # noqa: E402
 from flows import runner  # noqa: E402
-from flows.flows import artifact_key  # noqa: E402
+from flows.artifacts import artifact_key  # noqa: E402
 from flows.recipe import Recipe, load_recipe  # noqa: E402
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 @task(name="replay-arm", **_TASK)
-def replay_arm(recipe: Recipe, run_dir: Path, train_data: Path, heldout: Path, ratio: float) -> dict[str, Any]:
-    """Mix at ``ratio``, train, evaluate: one arm of the experiment, in ``run_dir/ratio_<r>/``."""
+def replay_arm(recipe: Recipe, rd: RunDir, ratio: float) -> dict[str, Any]:
+    """Mix at ``ratio``, train, evaluate: one arm of the experiment, in ``RUN/ratio_<r>/``.
+
+    The arm trains on the run's split (task rows + replayed general rows) and is evaluated on the
+    run's held-out rows, with the same step functions as every run.
+    """
     exp = recipe.experiment
-    arm = run_dir / f"ratio_{ratio:g}"
+    arm = rd.arm(ratio)
     mix_cfg = {"general": recipe.resolve_paths(exp.general), "ratio": ratio, "seed": exp.seed, "by": exp.by}
     if (decontam := recipe.decontam_settings()) is not None:
         mix_cfg["decontam"] = decontam  # the replayed general rows are checked like the task rows
-    mix_stats = run_stage(build_stage("mix", mix_cfg), train_data, arm / "mix", resume=True)
-    from evals.run import evaluate
-    from training.sft import train
-
-    tr = train(recipe.train_config(), arm / "mix" / "output.parquet", arm / "train")
-    ev_cfg = recipe.eval_config(target_data=str(heldout))
-    verdict = evaluate(ev_cfg, recipe.train_config().model, str(arm / "train"), arm / "eval")
+    mix_stats = run_stage(build_stage("mix", mix_cfg), rd.split_train, arm.mix, resume=True)
+    tr = runner.step_train(recipe, arm.mix / "output.parquet", arm)
+    # the arm's training data: the run's curation, then this arm's mix
+    verdict = runner.step_eval(recipe, arm, rd.split_heldout, curation=[*rd.curate.stages(), arm.mix])
     return {"ratio": ratio, "mix": mix_stats, "train": tr, "verdict": verdict}
 
 
@@ -163,30 +165,33 @@ def replay_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: lis
     log = get_run_logger()
     curated, split = _curate_and_split(r, rd, log)
     arms = []
-    for ratio in r.experiment.ratios:
-        log.info("arm: replay ratio %s", ratio)
-        arms.append(replay_arm(r, rd, Path(split["train"]), Path(split["heldout"]), ratio))
+    with folder_lock(rd.root):
+        for ratio in r.experiment.ratios:
+            log.info("arm: replay ratio %s", ratio)
+            arms.append(replay_arm(r, rd, ratio))
     md = comparison_markdown(arms, command or f"sftflow experiment --recipe {recipe}")
-    plot(arms, rd / "replay.png")
+    plot(arms, rd.replay_png)
     _publish(r, rd, "replay", md, comparison_rows(arms), {"curate": curated, "split": split}, log)
     return {"run_dir": str(rd), "arms": arms, "markdown": md}
 
 
-def _curate_and_split(r: Recipe, rd: Path, log) -> tuple[Any, dict]:
-    """Curation (resumed when already done) and the held-out split, shared by every arm."""
-    curated = runner.step_curate(r, rd, resume=True)
+def _curate_and_split(r: Recipe, rd: RunDir, log) -> tuple[Any, dict]:
+    """Curation (resumed when already done) and the held-out split, shared by every arm: the same wiring
+    as every run."""
+    base = runner.run(r, rd.root, resume=True, upto="split")
+    curated, split = base["curate"], base["split"]
     log.info("curated: %s rows in → %s out", curated.rows_in, curated.rows_out)
-    return curated, runner.step_split(r, rd)
+    return curated, split
 
 
-def _publish(r: Recipe, rd: Path, kind: str, md: str, rows: list[dict], extra: dict, log) -> None:
+def _publish(r: Recipe, rd: RunDir, kind: str, md: str, rows: list[dict], extra: dict, log) -> None:
     """``<kind>.md`` + ``<kind>.json`` in the run folder, the report, and the Prefect artifacts."""
-    with atomic_path(rd / f"{kind}.md") as tmp:
+    with atomic_path(rd.experiment_md(kind)) as tmp:
         tmp.write_text(md + "\n")
-    write_json(rd / f"{kind}.json", {"arms": rows, **extra})
+    write_json(rd.experiment_json(kind), {"arms": rows, **extra})
     from flows.report import build_report
 
-    log.info("report: %s", build_report(rd))
+    log.info("report: %s", build_report(rd.root))
     create_markdown_artifact(key=artifact_key(r, f"{kind}-table"), markdown=md, description=f"{kind} experiment")
     create_table_artifact(key=artifact_key(r, f"{kind}-arms"), table=rows)
 
@@ -196,18 +201,21 @@ def _publish(r: Recipe, rd: Path, kind: str, md: str, rows: list[dict], extra: d
 
 
 @task(name="experiment-arm", **_TASK)
-def stages_arm(recipe: Recipe, run_dir: Path, train_data: Path, heldout: Path, name: str) -> dict[str, Any]:
-    """The arm's stages on the training split, then train and evaluate, in ``run_dir/arm_<name>/``."""
+def stages_arm(recipe: Recipe, rd: RunDir, name: str) -> dict[str, Any]:
+    """The arm's stages on the run's training split, then train and evaluate on the run's held-out
+    rows, in ``RUN/arm_<name>/``."""
     from curation.io import count_rows
 
-    arm = run_dir / f"arm_{name}"
-    data, stages = train_data, []
+    arm = rd.arm_named(name)
+    data, stages, folders = rd.split_train, [], []
     for i, (stage_name, cfg) in enumerate(recipe.arm_stage_list(name), 1):
-        out = arm / f"{i:02d}_{stage_name}"
+        out = arm.curate.stage(i, stage_name)
         stages.append(run_stage(build_stage(stage_name, cfg), data, out, resume=True))
+        folders.append(out)
         data = out / "output.parquet"
-    tr = runner.step_train(recipe, str(data), arm)
-    verdict = runner.step_eval(recipe, arm, str(heldout))
+    tr = runner.step_train(recipe, data, arm)
+    # the arm's training data: the run's curation, then this arm's stages
+    verdict = runner.step_eval(recipe, arm, rd.split_heldout, curation=[*rd.curate.stages(), *folders])
     return {"arm": name, "rows": count_rows(data), "stages": stages, "train": tr, "verdict": verdict}
 
 
@@ -275,9 +283,10 @@ def arms_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: list[
     log = get_run_logger()
     curated, split = _curate_and_split(r, rd, log)
     arms = []
-    for name in r.experiment.arms:
-        log.info("arm: %s", name)
-        arms.append(stages_arm(r, rd, Path(split["train"]), Path(split["heldout"]), name))
+    with folder_lock(rd.root):
+        for name in r.experiment.arms:
+            log.info("arm: %s", name)
+            arms.append(stages_arm(r, rd, name))
     md = arms_markdown(arms, command or f"sftflow experiment --recipe {recipe}", time.perf_counter() - started)
     _publish(r, rd, "arms", md, arms_rows(arms), {"curate": curated, "split": split}, log)
     return {"run_dir": str(rd), "arms": arms, "markdown": md}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli import UserError, app, out_console
+from flows.console import UserError, app, out_console
 
 
 @app.command()
@@ -39,15 +39,14 @@ def print_run(run: dict, history: list[dict]) -> None:
     """The run in the terminal: funnel, top drop reasons, training, verdict, trend."""
     from rich.table import Table
 
-    from curation.pipeline import CurateSummary
     from flows.report import fmt, key_figures
     from flows.summary import print_curation, print_verdict
 
     if run["summary"]:
-        print_curation(CurateSummary.model_validate(run["summary"]), out_console)
+        print_curation(run["summary"], out_console)
     elif run["stages"]:
         out_console.print("curation did not finish; stages done: "
-                          + ", ".join(f"{s['stage']} ({s.get('rows_in')} → {s.get('rows_out')})" for s in run["stages"]))
+                          + ", ".join(f"{s.stage} ({s.rows_in} → {s.rows_out})" for s in run["stages"]))
     else:
         out_console.print("curation: not run")
     fig = key_figures(run)
@@ -134,6 +133,7 @@ def curate_sharded(
     sets: list[str] = typer.Option([], "--set"),
 ) -> None:
     """Curate with per-row stages sharded over a Dask cluster (SFTFLOW_DASK_ADDRESS, else a local one)."""
+    from curation.rundir import RunDir
     from flows.recipe import load_recipe
     from flows.scaleout import sharded_curate_flow
     from flows.server import own_ephemeral_server
@@ -144,6 +144,6 @@ def curate_sharded(
     res = sharded_curate_flow(r, out, shards, resume)
     print_curation(res["curate"], out_console)
     out_console.print(f"sharded stages: {', '.join(res['sharded_stages']) or 'none'}; run folder: {res['run_dir']}")
-    report = Path(res["run_dir"]) / "report.html"
+    report = RunDir(Path(res["run_dir"])).report
     if report.exists():
         out_console.print(f"report: {report}")

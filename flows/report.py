@@ -29,13 +29,21 @@ import os
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
+from curation.dedup import DedupFigures
+from curation.errors import SftflowError
 from curation.io import atomic_path
+from curation.mix import MixFigures
+from curation.pipeline import CurateSummary
+from curation.rundir import RunDir
+from curation.select import IfdFigures, SelectFigures
+from curation.stats import Figures, StageStats
 
 #: dropped rows shown per (stage, reason)
 EXAMPLES_PER_REASON = 3
@@ -48,6 +56,10 @@ SECTION_FAILED = "This section could not be drawn"
 
 log = logging.getLogger(__name__)
 
+
+class ReportError(SftflowError):
+    """The report cannot be built (no run folder there)."""
+
 SECTIONS: list[tuple[str, str]] = [
     ("overview", "Overview"),
     ("funnel", "Funnel"),
@@ -55,6 +67,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("scores", "Scores"),
     ("ifd", "Instruction-following difficulty"),
     ("dedup", "Duplicates"),
+    ("contamination", "Contamination"),
     ("distributions", "Task types & languages"),
     ("diversity", "Diversity"),
     ("mix", "Mixture"),
@@ -160,30 +173,45 @@ def slug(name: str) -> str:
 # reading a run folder
 
 
-def _stage_dirs(curate_dir: Path) -> list[Path]:
-    if not curate_dir.is_dir():
-        return []
-    return sorted(p for p in curate_dir.iterdir() if p.is_dir() and re.match(r"^\d\d_", p.name))
-
-
-def load_stages(run_dir: Path) -> list[dict[str, Any]]:
-    """Each curation stage's stats.json, in pipeline order (stages that never finished are absent)."""
+def load_stages(run_dir: Path) -> list[StageStats]:
+    """Each curation step's stats.json, in pipeline order (steps that never finished, or whose stats.json
+    cannot be read as stage stats, are absent)."""
     out = []
-    for d in _stage_dirs(run_dir / "curate"):
-        st = _read_json(d / "stats.json")
-        if isinstance(st, dict):
-            st.setdefault("stage", d.name.split("_", 1)[1])
-            st["folder"] = d.name
-            out.append(st)
+    for d in RunDir(run_dir).curate.stages():
+        raw = _read_json(d / "stats.json")
+        if not isinstance(raw, dict):
+            continue
+        raw.setdefault("stage", d.name.split("_", 1)[1])
+        try:
+            out.append(StageStats.model_validate(raw))
+        except ValidationError as e:
+            log.warning("%s/stats.json is not readable as stage stats: %s", d, e)
     return out
 
 
-def _stage(stages: list[dict], name: str) -> dict | None:
-    return next((s for s in stages if s.get("stage") == name), None)
+def _stage(stages: list[StageStats], name: str) -> StageStats | None:
+    return next((s for s in stages if s.stage == name), None)
 
 
-def _extra(stages: list[dict], name: str) -> dict:
-    return _dict(_get(_stage(stages, name), "extra"))
+def _extra(stages: list[StageStats], name: str) -> dict:
+    """A stage's figures as plain JSON (for stages that do not declare typed figures)."""
+    st = _stage(stages, name)
+    return st.extra if st is not None else {}
+
+
+F = TypeVar("F", bound=Figures)
+
+
+def _figures(stages: list[StageStats], name: str, model: type[F]) -> F | None:
+    """A stage's typed figures; None when the stage did not run or its figures do not read as ``model``."""
+    st = _stage(stages, name)
+    if st is None:
+        return None
+    try:
+        return st.figures(model)
+    except ValidationError:
+        log.warning("the %s figures of this run are not readable; only its counts are shown", name)
+        return None
 
 
 def read_ledger(path: Path, per_reason: int = EXAMPLES_PER_REASON) -> dict[str, Any]:
@@ -255,7 +283,7 @@ def read_train_log(path: Path) -> list[dict[str, Any]]:
 
 def run_name(run_dir: Path) -> str:
     """The recipe name of a run (run.json), else the folder name without its time stamp."""
-    info = _read_json(run_dir / "run.json")
+    info = _read_json(RunDir(run_dir).info)
     name = _get(info, "recipe", "name")
     if isinstance(name, str) and name:
         return name
@@ -264,23 +292,25 @@ def run_name(run_dir: Path) -> str:
 
 def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     """Everything the report shows, read from the run folder (absent parts are None / empty)."""
-    rd = Path(run_dir)
-    cur = rd / "curate"
-    stages = load_stages(rd)
-    summary = _read_json(cur / "summary.json")
+    rd = RunDir(run_dir)
+    summary = _read_json(rd.curate.summary)
+    try:
+        summary = CurateSummary.model_validate(summary) if isinstance(summary, dict) else None
+    except ValidationError:
+        summary = None
     return {
-        "run_dir": rd,
-        "name": run_name(rd),
-        "info": _dict(_read_json(rd / "run.json")),
-        "summary": summary if isinstance(summary, dict) else None,
-        "stages": stages,
-        "ledger": read_ledger(cur / "ledger.parquet"),
-        "output": read_output_columns(cur / "output.parquet"),
-        "train": _read_json(rd / "train" / "summary.json"),
-        "train_log": read_train_log(rd / "train" / "train_log.jsonl"),
-        "verdict": _read_json(rd / "eval" / "verdict.json"),
-        "replay": _read_json(rd / "replay.json"),
-        "arms": _read_json(rd / "arms.json"),
+        "run_dir": rd.root,
+        "name": run_name(rd.root),
+        "info": _dict(_read_json(rd.info)),
+        "summary": summary,
+        "stages": load_stages(rd.root),
+        "ledger": read_ledger(rd.curate.ledger),
+        "output": read_output_columns(rd.curate.output),
+        "train": _read_json(rd.train.summary),
+        "train_log": read_train_log(rd.train.log),
+        "verdict": _read_json(rd.eval.verdict),
+        "replay": _read_json(rd.replay_json),
+        "arms": _read_json(rd.experiment_json("arms")),
     }
 
 
@@ -290,21 +320,19 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def _finished_at(run_dir: Path) -> str:
     """When the run's curation finished (summary.json written), else now; UTC, ISO 8601."""
-    marker = run_dir / "curate" / "summary.json"
+    marker = RunDir(run_dir).curate.summary
     stamp = marker.stat().st_mtime if marker.exists() else dt.datetime.now().timestamp()
     return dt.datetime.fromtimestamp(stamp, dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def key_figures(run: dict[str, Any]) -> dict[str, Any]:
     """The figures tracked across runs of one recipe."""
-    stages = run["stages"]
-    summary = run["summary"] or {}
-    first = stages[0] if stages else {}
-    last = stages[-1] if stages else {}
+    stages: list[StageStats] = run["stages"]
+    summary: CurateSummary | None = run["summary"]
     dedup = _stage(stages, "dedup")
     dup_rate = None
-    if dedup and dedup.get("rows_in"):
-        dup_rate = sum(_counts(dedup.get("dropped_by_reason")).values()) / dedup["rows_in"]
+    if dedup and dedup.rows_in:
+        dup_rate = dedup.rows_dropped / dedup.rows_in
     scores = run["output"]["scores"]
     task_counts = run["output"]["counts"].get("task_type") or _counts(_get(_extra(stages, "select"), "after",
                                                                            "task_types"))
@@ -314,15 +342,15 @@ def key_figures(run: dict[str, Any]) -> dict[str, Any]:
         "run_dir": str(Path(run["run_dir"]).resolve()),
         "run": Path(run["run_dir"]).name,
         "time": _finished_at(Path(run["run_dir"])),
-        "rows_in": summary.get("rows_in", first.get("rows_in")),
-        "rows_out": summary.get("rows_out", last.get("rows_out")),
+        "rows_in": summary.rows_in if summary else stages[0].rows_in if stages else None,
+        "rows_out": summary.rows_out if summary else stages[-1].rows_out if stages else None,
         "duplicate_rate": round(dup_rate, 4) if dup_rate is not None else None,
         "mean_quality": round(float(scores["quality"].mean()), 4) if "quality" in scores else None,
         "mean_complexity": round(float(scores["complexity"].mean()), 4) if "complexity" in scores else None,
         "task_type_entropy": round(entropy_bits(task_counts), 4) if task_counts else None,
         "final_loss": _num(train.get("final_loss")),
         "verdict": verdict.get("verdict"),
-        "fingerprint": summary.get("fingerprint"),
+        "fingerprint": summary.fingerprint if summary else None,
     }
 
 
@@ -486,7 +514,7 @@ def _overview(run: dict[str, Any], figures: dict[str, Any]) -> str:
         ("report built", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
     ]
     rows = [(k, v) for k, v in meta if v]
-    balanced = _dict(run["summary"]).get("balanced")
+    balanced = run["summary"] is not None and run["summary"].balanced
     note = ""
     if balanced:
         note = ('<p class="ok">Ledger balanced: every input row is either in the output or in '
@@ -500,23 +528,24 @@ def _funnel(run: dict[str, Any], figure: _Figures) -> str:
     stages = run["stages"]
     if not stages:
         return _not_run("Curation")
-    labels = ["rows in"] + [f"after {s['stage']}" for s in stages]
-    values = [stages[0].get("rows_in", 0)] + [s.get("rows_out", 0) for s in stages]
+    labels = ["rows in"] + [f"after {s.stage}" for s in stages]
+    values = [stages[0].rows_in] + [s.rows_out for s in stages]
     parts = [figure(go.Figure(go.Funnel(y=[_label(x) for x in labels], x=values, textinfo="value+percent initial",
                                         marker={"color": "#2563eb"})), height=60 + 48 * len(labels))]
-    reasons = sorted({r for s in stages for r in _counts(s.get("dropped_by_reason"))})
+    reasons = sorted({r for s in stages for r in s.dropped_by_reason})
     if reasons:
         fig = go.Figure()
         for reason in reasons:
-            fig.add_bar(name=_label(reason), x=[_label(s["stage"]) for s in stages],
-                        y=[_counts(s.get("dropped_by_reason")).get(reason, 0) for s in stages])
+            fig.add_bar(name=_label(reason), x=[_label(s.stage) for s in stages],
+                        y=[s.dropped_by_reason.get(reason, 0) for s in stages])
         fig.update_layout(barmode="stack", title="dropped rows by stage and reason", yaxis_title="rows")
         parts.append(figure(fig, height=360))
+    cached = {f.stage: f.cached for f in run["summary"].stages} if run["summary"] is not None else {}
     rows = []
     for s in stages:
-        drops = ", ".join(f"{k}={v}" for k, v in _counts(s.get("dropped_by_reason")).items()) or "–"
-        rows.append([s["stage"], s.get("rows_in"), s.get("rows_added", 0), s.get("rows_out"), drops,
-                     _num(s.get("seconds")), "yes" if s.get("cached") else ""])
+        drops = ", ".join(f"{k}={v}" for k, v in s.dropped_by_reason.items()) or "–"
+        rows.append([s.stage, s.rows_in, s.rows_added, s.rows_out, drops, s.seconds,
+                     "yes" if cached.get(s.stage) else ""])
     parts.append(_table(["stage", "in", "added", "out", "dropped (reason=count)", "seconds", "cached"], rows))
     return "".join(parts)
 
@@ -524,7 +553,7 @@ def _funnel(run: dict[str, Any], figure: _Figures) -> str:
 def _drops(run: dict[str, Any]) -> str:
     counts: Counter = run["ledger"]["counts"]
     if not counts:
-        return _not_run("Ledger") if not (run["run_dir"] / "curate" / "ledger.parquet").exists() else \
+        return _not_run("Ledger") if not RunDir(run["run_dir"]).curate.ledger.exists() else \
             "<p>No row was dropped.</p>"
     out = [f"<p>{sum(counts.values()):,} dropped rows; the first {EXAMPLES_PER_REASON} of each stage and reason "
            "are shown (all of them are in <code>curate/ledger.parquet</code>, with the full row).</p>"]
@@ -604,35 +633,40 @@ def _scores(run: dict[str, Any], figure: _Figures) -> str:
     return "".join(parts) or _not_run("Quality and score stages")
 
 
+def _select_ifd(run: dict[str, Any]) -> IfdFigures | None:
+    fig = _figures(run["stages"], "select", SelectFigures)
+    return fig.ifd if fig is not None else None
+
+
 def _has_ifd(run: dict[str, Any]) -> bool:
-    return bool(_dict(_extra(run["stages"], "select").get("ifd"))) or "ifd" in run["output"]["scores"]
+    return _select_ifd(run) is not None or "ifd" in run["output"]["scores"]
 
 
 def _ifd(run: dict[str, Any], figure: _Figures) -> str:
     """IFD before/after selection (select's figures) and the rows at both ends; else the curated output's."""
     import plotly.graph_objects as go
 
-    f = _dict(_extra(run["stages"], "select").get("ifd"))
     parts = ['<p>IFD = perplexity of the answer given the instruction / without it, under the base model '
              '(<code>score: {ifd: ...}</code>). Low: the instruction nearly gives the answer away; close to 1: '
              'the row teaches the model something; at or above the threshold the instruction does not help '
              'predict the answer at all, and select drops the row as <code>misaligned</code>.</p>']
-    edges = [_num(e) for e in _list(f.get("edges"))]
-    before, after = _dict(f.get("before")), _dict(f.get("after"))
-    if f and None not in edges:
+    f = _select_ifd(run)
+    if f is not None:
+        sel = _figures(run["stages"], "select", SelectFigures)
+        edges, before, after = f.edges, f.before, f.after
         parts.append(_table(["", "rows scored", "mean", "median"], [
-            ["before selection", before.get("rows"), before.get("mean"), before.get("median")],
-            ["after selection", after.get("rows"), after.get("mean"), after.get("median")]]))
-        parts.append(_pairs_table([("misaligned threshold (ifd >=)", f.get("threshold")),
-                                   ("dropped as misaligned", _extra(run["stages"], "select").get("misaligned")),
-                                   ("rows without an IFD (see ifd_note)", f.get("unscored"))]))
+            ["before selection", before.rows, before.mean, before.median],
+            ["after selection", after.rows, after.mean, after.median]]))
+        parts.append(_pairs_table([("misaligned threshold (ifd >=)", f.threshold),
+                                   ("dropped as misaligned", sel.misaligned if sel else None),
+                                   ("rows without an IFD (see ifd_note)", f.unscored)]))
         labels = [f"{edges[i]:.1f}–{edges[i + 1]:.1f}" for i in range(len(edges) - 1)]
         labels[-1] = f"≥ {edges[-2]:.1f}"
         fig = go.Figure([
-            go.Bar(name="before selection", x=labels, y=_list(before.get("histogram")), marker_color=_COLORS["before"]),
-            go.Bar(name="after selection", x=labels, y=_list(after.get("histogram")), marker_color=_COLORS["after"])])
-        if _num(f.get("threshold")) is not None:
-            at = min(range(len(edges) - 1), key=lambda i: abs(edges[i] - float(f["threshold"])))
+            go.Bar(name="before selection", x=labels, y=before.histogram, marker_color=_COLORS["before"]),
+            go.Bar(name="after selection", x=labels, y=after.histogram, marker_color=_COLORS["after"])])
+        if f.threshold is not None:
+            at = min(range(len(edges) - 1), key=lambda i: abs(edges[i] - f.threshold))
             fig.add_vline(x=at - 0.5, line_dash="dash", line_color="#b91c1c")
         parts.append(figure(fig.update_layout(title="IFD before/after selection (dashed: misaligned threshold)",
                                               barmode="group", xaxis_title="IFD", yaxis_title="rows"), height=320))
@@ -640,13 +674,12 @@ def _ifd(run: dict[str, Any], figure: _Figures) -> str:
                   "highest_kept": "Highest IFD kept (hardest rows the model will learn from)",
                   "misaligned": "Dropped as misaligned (highest IFD)"}
         for kind, title in titles.items():
-            rows = [e for e in _list(_dict(f.get("examples")).get(kind)) if isinstance(e, dict)]
+            rows = f.examples.get(kind) or []
             if rows:
                 parts.append(f"<h3>{esc(title)}</h3>" + _table(
                     ["id", "IFD", "loss with / without instruction", "instruction", "answer"],
-                    [[e.get("id"), _num(e.get("ifd")),
-                      f"{fmt(_num(e.get('loss_given_instruction')), 3)} / {fmt(_num(e.get('loss_answer_only')), 3)}",
-                      _cut(e.get("instruction"), 200), _cut(e.get("answer"), 200)] for e in rows]))
+                    [[e.id, e.ifd, f"{fmt(e.loss_given_instruction, 3)} / {fmt(e.loss_answer_only, 3)}",
+                      _cut(e.instruction, 200), _cut(e.answer, 200)] for e in rows]))
         return "".join(parts)
     arr = run["output"]["scores"].get("ifd")
     if arr is None:
@@ -661,32 +694,87 @@ def _dedup(run: dict[str, Any], figure: _Figures) -> str:
     st = _stage(run["stages"], "dedup")
     if st is None:
         return _not_run("Dedup")
-    ex = _dict(st.get("extra"))
-    drops = _counts(st.get("dropped_by_reason"))
-    rate = sum(drops.values()) / st["rows_in"] if st.get("rows_in") else 0.0
-    parts = [f"<p>{sum(drops.values()):,} of {st.get('rows_in', 0):,} rows removed ({_pct(rate)}): "
+    drops = st.dropped_by_reason
+    rate = st.rows_dropped / st.rows_in if st.rows_in else 0.0
+    parts = [f"<p>{st.rows_dropped:,} of {st.rows_in:,} rows removed ({_pct(rate)}): "
              + esc(", ".join(f"{k} {v:,}" for k, v in drops.items()) or "none") + ".</p>"]
-    lsh = _dict(ex.get("lsh"))
-    if lsh:
-        parts.append(_kv_table(lsh))
-    per_source = _dict(ex.get("per_source"))
-    if per_source:
-        rows = [[Path(k).name, _get(v, "rows"), _get(v, "exact_duplicate"), _get(v, "near_duplicate"),
-                 _pct(_num(_get(v, "duplicate_rate")))] for k, v in per_source.items() if isinstance(v, dict)]
+    fig = _figures(run["stages"], "dedup", DedupFigures)
+    if fig is None:
+        return "".join(parts)
+    if fig.lsh is not None:
+        parts.append(_kv_table(fig.lsh.model_dump(by_alias=True)))
+    if fig.per_source:
+        rows = [[Path(k).name, v.rows, v.exact_duplicate, v.near_duplicate, _pct(v.duplicate_rate)]
+                for k, v in fig.per_source.items()]
         parts.append("<h3>Per source</h3>" + _table(["source", "rows", "exact", "near", "duplicate rate"], rows))
-    clusters = [c for c in _list(ex.get("largest_clusters")) if isinstance(c, dict)]
+    clusters = fig.largest_clusters
     if clusters:
         parts.append(f"<h3>Largest duplicate clusters ({len(clusters)} reported, {min(len(clusters), CLUSTERS_SHOWN)} "
                      "shown)</h3>")
         for i, c in enumerate(clusters[:CLUSTERS_SHOWN], 1):
             rows = []
-            for m in _list(c.get("members")):
-                if isinstance(m, dict):
-                    kept = '<span class="kept">kept</span>' if m.get("kept") else '<span class="dropped">dropped</span>'
-                    rows.append([kept, f"<code>{esc(m.get('id'))}</code>", f"<pre>{esc(_cut(m.get('text'), 400))}</pre>"])
+            for m in c.members:
+                kept = '<span class="kept">kept</span>' if m.kept else '<span class="dropped">dropped</span>'
+                rows.append([kept, f"<code>{esc(m.id)}</code>", f"<pre>{esc(_cut(m.text, 400))}</pre>"])
             parts.append(f'<details class="cluster"{" open" if i <= 2 else ""}><summary>cluster {i}: '
-                         f"{esc(c.get('size', len(rows)))} rows</summary>"
+                         f"{esc(c.size)} rows</summary>"
                          + _table(["", "id", "text"], rows, raw_cols={0, 1, 2}) + "</details>")
+    return "".join(parts)
+
+
+def _contamination(run: dict[str, Any]) -> str:
+    """Rows removed per benchmark, examples with the matched span, and whether the eval's benchmarks were covered."""
+    from curation.decontam import DecontamFigures, contamination_block
+    from curation.mix import MixFigures
+
+    st = _stage(run["stages"], "decontam")
+    fig = _figures(run["stages"], "decontam", DecontamFigures)
+    mix = _figures(run["stages"], "mix", MixFigures)
+    pool = mix.pool_decontam if mix is not None else None
+    verdict = _dict(run["verdict"])
+    block = _dict(verdict.get("contamination"))
+    if not block and (st is not None or verdict):
+        block = contamination_block(fig, list(_dict(verdict.get("tasks"))),
+                                    pool=pool.model_dump() if pool is not None else None,
+                                    general_rows=mix.general_rows if mix is not None else 0)
+    parts = []
+    if block.get("warning"):
+        parts.append(f'<p class="warn">{esc(block["warning"])}</p>')
+    elif verdict and block.get("covers_eval"):
+        parts.append("<p>Every benchmark the eval ran was checked against the training data.</p>")
+    if fig is None:
+        return "".join(parts) or _not_run("Decontamination")
+    index = fig.index
+    removed = fig.removed_per_benchmark
+    pool_removed = pool.removed_per_benchmark if pool is not None else {}
+    total = sum(removed.values())
+    rate = total / st.rows_in if st.rows_in else 0.0
+    parts.append(
+        f"<p>Checked against every item of suite <code>{esc(fig.suite)}</code>: {len(index.benchmarks)} benchmarks, "
+        f"{index.documents:,} texts (index {esc('/'.join(index.cache))}, {fmt(index.seconds, 2)} s). "
+        f"{total:,} of {st.rows_in:,} training rows removed ({_pct(rate)})"
+        + (f"; {pool.removed:,} rows of the general pool left out of the replay" if pool is not None else "")
+        + ".</p>")
+    docs, short, template = index.documents_per_benchmark, index.unmatchable, index.template
+    names = sorted(set(docs) | set(removed) | set(pool_removed),
+                   key=lambda b: (-removed.get(b, 0) - pool_removed.get(b, 0), b))
+    rows = [[b, removed.get(b, 0), pool_removed.get(b, 0) if pool is not None else "–", docs.get(b, 0),
+             short.get(b, 0), template.get(b, 0)] for b in names]
+    parts.append(_table(["benchmark", "training rows removed", "general-pool rows removed", "texts indexed",
+                         "too short to match", "template wording"], rows))
+    for b, why in index.skipped.items():
+        parts.append(f'<p class="warn">Skipped {esc(b)}: {esc(why)}</p>')
+    examples = [(b, e) for b, es in fig.examples.items() for e in es]
+    examples += [("general pool: " + str(e.get("benchmark")), e) for e in (pool.examples if pool is not None else [])]
+    if examples:
+        parts.append("<h3>Examples (the matched span, normalised)</h3>" + _table(
+            ["benchmark", "row", "item", "field", "overlap", "matched span"],
+            [[b, f"<code>{esc(e.get('id'))}</code>", e.get("item"), e.get("field"),
+              "whole text" if e.get("whole") else f"{fmt(_num(e.get('coverage')), 2)} of {esc(e.get('total'))} n-grams",
+              f"<pre>{esc(_cut(e.get('span'), 300))}</pre>"] for b, e in examples],
+            raw_cols={1, 5}))
+    if fig.settings:
+        parts.append("<h3>Settings</h3>" + _kv_table(fig.settings))
     return "".join(parts)
 
 
@@ -766,30 +854,26 @@ def _diversity(run: dict[str, Any], figure: _Figures) -> str:
 
 def _mix(run: dict[str, Any], figure: _Figures) -> str:
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
     st = _stage(run["stages"], "mix")
     if st is None:
         return _not_run("Mix (general-data replay)")
-    ex = _dict(st.get("extra"))
-    parts = []
-    task_rows = _num(ex.get("task_rows"))
-    general_rows = _num(ex.get("general_rows"))
-    if task_rows is None:
-        task_rows = _num(st.get("rows_out", 0) - st.get("rows_added", 0))
-    if general_rows is None:
-        general_rows = _num(st.get("rows_added"))
+    ex = _figures(run["stages"], "mix", MixFigures)
+    task_rows = ex.task_rows if ex is not None else st.rows_out - st.rows_added
+    general_rows = ex.general_rows if ex is not None else st.rows_added
     specs = [{"type": "domain"}, {"type": "xy"}]
-    from plotly.subplots import make_subplots
-
     fig = make_subplots(rows=1, cols=2, specs=[specs], subplot_titles=("task vs general rows",
                                                                         "general rows per source"))
-    fig.add_trace(go.Pie(labels=["task", "general (replay)"], values=[task_rows or 0, general_rows or 0], hole=0.45,
+    fig.add_trace(go.Pie(labels=["task", "general (replay)"], values=[task_rows, general_rows], hole=0.45,
                          marker={"colors": ["#2563eb", "#f59e0b"]}), 1, 1)
-    per_source = _counts(ex.get("general_per_source"))
+    per_source = ex.general_per_source if ex is not None else {}
     fig.add_trace(go.Bar(x=[_label(Path(k).name) for k in per_source], y=list(per_source.values()),
                          marker_color="#f59e0b", showlegend=False), 1, 2)
-    parts.append(figure(fig, height=320))
-    tt, gt = _counts(ex.get("task_task_types")), _counts(ex.get("general_task_types"))
+    parts = [figure(fig, height=320)]
+    if ex is None:
+        return "".join(parts)
+    tt, gt = ex.task_task_types, ex.general_task_types
     if tt or gt:
         keys = sorted(set(tt) | set(gt), key=lambda k: -(tt.get(k, 0) + gt.get(k, 0)))
         fig = go.Figure([go.Bar(name="task", x=[_label(k) for k in keys], y=[tt.get(k, 0) for k in keys],
@@ -798,11 +882,12 @@ def _mix(run: dict[str, Any], figure: _Figures) -> str:
                                 marker_color="#f59e0b")])
         parts.append(figure(fig.update_layout(barmode="stack", title="mixture by task type", yaxis_title="rows"),
                             height=320))
+    shown = ex.to_json()
     keys = [k for k in ("by", "ratio", "achieved_ratio", "task_rows", "general_rows", "task_tokens", "general_tokens",
-                        "target_general", "pool_rows") if k in ex]
-    parts.append(_kv_table(ex, keys))
-    if ex.get("warning"):
-        parts.append(f'<p class="warn">{esc(ex["warning"])}</p>')
+                        "target_general", "pool_rows") if k in shown]
+    parts.append(_kv_table(shown, keys))
+    if ex.warning:
+        parts.append(f'<p class="warn">{esc(ex.warning)}</p>')
     return "".join(parts)
 
 
@@ -991,8 +1076,8 @@ def _trend(history: list[dict[str, Any]], figure: _Figures) -> str:
 def _stage_details(run: dict[str, Any]) -> str:
     parts = []
     for s in run["stages"]:
-        body = json.dumps(s, ensure_ascii=False, indent=1, sort_keys=True, default=str)
-        parts.append(f"<details><summary>{esc(s.get('folder'))}/stats.json</summary><pre>{esc(_cut(body, 60000))}"
+        body = json.dumps(s.to_json(), ensure_ascii=False, indent=1, sort_keys=True, default=str)
+        parts.append(f"<details><summary>{esc(s.stage)}/stats.json</summary><pre>{esc(_cut(body, 60000))}"
                      "</pre></details>")
     return "".join(parts) or _not_run("Curation")
 
@@ -1040,6 +1125,7 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "scores": lambda: _scores(run, figure),
         "ifd": lambda: _ifd(run, figure),
         "dedup": lambda: _dedup(run, figure),
+        "contamination": lambda: _contamination(run),
         "distributions": lambda: _distributions(run, figure),
         "diversity": lambda: _diversity(run, figure),
         "mix": lambda: _mix(run, figure),
@@ -1085,7 +1171,7 @@ def build_report(run_dir: str | os.PathLike, *, history: bool = True) -> Path:
     """
     rd = Path(run_dir)
     if not rd.is_dir():
-        raise FileNotFoundError(f"{rd}: no such run folder")
+        raise ReportError(f"{rd}: no such run folder")
     run = load_run(rd)
     trend: list[dict[str, Any]] = []
     if history and run["stages"]:
@@ -1093,7 +1179,7 @@ def build_report(run_dir: str | os.PathLike, *, history: bool = True) -> Path:
     elif history:
         trend = read_history(history_path(rd, run["name"]))
     page = render_report(run, trend)
-    out = rd / "report.html"
+    out = RunDir(rd).report
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return out

@@ -1,75 +1,97 @@
-"""The steps of a run as plain functions (no Prefect here): curate → split → train → eval → gate.
+"""A run's steps as plain functions (no Prefect here), and :func:`run`, the one place they are wired.
 
-``flows/flows.py`` wraps each step in a Prefect task; the CLI's ``--local`` runs them directly.
-Both write the same run folder::
+curate → split → train → eval → gate, into one run folder (:class:`curation.rundir.RunDir`)::
 
     RUN/curate/...        (see curation.pipeline)
     RUN/split/train.parquet, heldout.parquet
-    RUN/train/...         (see training.sft)
+    RUN/train/...         (see training.artifacts)
     RUN/eval/verdict.json (see evals.run)
     RUN/run.json          what ran, with which recipe, and the outcome
+
+:func:`run` is used by everything that runs a recipe: the Prefect flows (``flows.flows``: each step a
+task, artifacts after each), ``--local`` (progress bars), the sharded flow (a sharded executor) and
+the experiments (curate + split, then their arms). What differs between them is a :class:`Steps`
+object — how each step is executed and what is published after it — never the wiring.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from curation.io import read_json, write_json
-from curation.pipeline import CurateSummary, curate, split_heldout
+from curation.io import folder_lock, read_json, write_json
+from curation.pipeline import CurateSummary, curate, records_input, split_heldout
+from curation.rundir import RunDir
+from curation.runner import Executor
 from flows.recipe import Recipe
+
+STEPS = ("curate", "split", "train", "eval", "gate")
+Step = Literal["curate", "split", "train", "eval", "gate"]
 
 
 class GateFailed(RuntimeError):
     """The regression gate said the tuned model got worse (or could not tell) and the recipe says fail."""
 
 
-def new_run_dir(recipe: Recipe, out: str | None = None) -> Path:
+def new_run_dir(recipe: Recipe, out: str | os.PathLike | None = None) -> RunDir:
+    """``out``, or a new time-stamped folder under the recipe's ``runs_dir``."""
     if out:
-        return Path(out)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(recipe.runs_dir if os.path.isabs(recipe.runs_dir) else Path.cwd() / recipe.runs_dir) / f"{recipe.name}-{stamp}"
+        return RunDir(Path(out))
+    base = Path(recipe.runs_dir)
+    return RunDir.new(recipe.name, base if base.is_absolute() else Path.cwd() / base)
 
 
-def step_curate(recipe: Recipe, run_dir: Path, resume: bool = False, progress_factory=None,
-                on_stage=None) -> CurateSummary:
+# ------------------------------------------------------------------------------------------------
+# the steps
+
+
+def step_curate(recipe: Recipe, rd: RunDir, resume: bool = False, progress_factory=None, on_stage=None,
+                executor: Executor | None = None) -> CurateSummary:
     return curate(
         recipe.source_paths(),
         recipe.stage_list(),
-        run_dir / "curate",
+        rd.curate.root,
         ingest_config=recipe.ingest,
         resume=resume,
         progress_factory=progress_factory,
         on_stage=on_stage,
+        executor=executor,
     )
 
 
-def step_split(recipe: Recipe, run_dir: Path) -> dict:
+def step_split(recipe: Recipe, rd: RunDir) -> dict:
     h = recipe.heldout
-    train_p, held_p, n_held = split_heldout(
-        run_dir / "curate" / "output.parquet", run_dir / "split", h.fraction, h.max_rows, h.seed
-    )
+    train_p, held_p, n_held = split_heldout(rd.curate.output, rd.split, h.fraction, h.max_rows, h.seed)
     return {"train": str(train_p), "heldout": str(held_p), "heldout_rows": n_held}
 
 
-def step_train(recipe: Recipe, data: str, run_dir: Path, resume: bool = False, progress=None) -> dict:
+def step_train(recipe: Recipe, data: str | os.PathLike, rd: RunDir, resume: bool = False, progress=None) -> dict:
     from training.sft import train
 
-    cfg = recipe.train_config()
-    return train(cfg, data, run_dir / "train", resume=resume, progress=progress)
+    return train(recipe.train_config(), data, rd.train.root, resume=resume, progress=progress)
 
 
-def step_eval(recipe: Recipe, run_dir: Path, heldout: str | None, progress=None) -> dict:
+def step_eval(recipe: Recipe, rd: RunDir, heldout: str | os.PathLike | None, progress=None,
+              curation: Sequence[str | os.PathLike] | None = None) -> dict:
+    """Evaluate ``rd``'s trained model; the verdict gets a ``contamination`` block from the stages that made
+    the training data (``curation``: stage folders, default ``rd``'s curation) and is rewritten with it."""
     from evals.run import evaluate
+    from flows.contamination import verdict_contamination
 
     overrides: dict[str, Any] = {}
-    if heldout and (recipe.eval or {}).get("target_data") is None:
-        overrides["target_data"] = heldout
+    target = (recipe.eval or {}).get("target_data")
+    if target is not None:  # the recipe's own target data: any source ingest reads
+        overrides["target_data"] = str(records_input([str(recipe.resolve(target))], rd.eval.target_data.root))
+    elif heldout:
+        overrides["target_data"] = str(heldout)
     cfg = recipe.eval_config(**overrides)
-    base = recipe.train_config().model
-    return evaluate(cfg, base, str(run_dir / "train"), run_dir / "eval", progress=progress)
+    verdict = evaluate(cfg, recipe.train_config().model, str(rd.train.root), rd.eval.root, progress=progress)
+    stage_dirs = rd.curate.stages() if curation is None else curation
+    verdict["contamination"] = verdict_contamination(stage_dirs, verdict)
+    write_json(rd.eval.verdict, verdict)
+    return verdict
 
 
 def gate(recipe: Recipe, verdict: dict) -> str:
@@ -82,8 +104,123 @@ def gate(recipe: Recipe, verdict: dict) -> str:
     return "warn" if action == "warn" else "ok"
 
 
-def write_run_info(run_dir: Path, recipe: Recipe, **info: Any) -> None:
-    path = run_dir / "run.json"
+def write_run_info(rd: RunDir | Path, recipe: Recipe, **info: Any) -> None:
+    """Merge ``info`` (and the recipe) into ``run.json``."""
+    path = RunDir(Path(rd)).info
     prev = read_json(path) if path.exists() else {}
     prev.update({"recipe": recipe.model_dump(mode="json"), **info})
     write_json(path, prev)
+
+
+class Steps:
+    """How each step of a run is executed, and what happens after it; the base class runs them plainly.
+
+    Subclasses wrap the steps (Prefect tasks in ``flows.flows``, progress bars in the CLI) and publish
+    after each (:meth:`after`: artifacts, the report); ``executor`` runs the curation stages.
+    """
+
+    executor: Executor | None = None
+
+    def curate(self, recipe: Recipe, rd: RunDir, resume: bool) -> CurateSummary:
+        return step_curate(recipe, rd, resume, executor=self.executor)
+
+    def split(self, recipe: Recipe, rd: RunDir) -> dict:
+        return step_split(recipe, rd)
+
+    def train(self, recipe: Recipe, data: str, rd: RunDir, resume: bool) -> dict:
+        return step_train(recipe, data, rd, resume)
+
+    def eval(self, recipe: Recipe, rd: RunDir, heldout: str | None) -> dict:
+        return step_eval(recipe, rd, heldout)
+
+    def after(self, step: Step, recipe: Recipe, rd: RunDir, result: Any) -> None:
+        """Called after each step with its result (``run.json`` is already updated)."""
+
+    def gate_outcome(self, recipe: Recipe, verdict: dict, outcome: str) -> None:
+        """Called when the gate passed or warned (a failed gate raises :class:`GateFailed`)."""
+
+
+class ProgressSteps(Steps):
+    """The plain steps, reporting progress: ``factory(name, total)`` returns a callback that takes counts
+    (the CLI's progress bars)."""
+
+    def __init__(self, factory: Callable[[str, int | None], Callable[[int], None]]):
+        self.factory = factory
+
+    def curate(self, recipe: Recipe, rd: RunDir, resume: bool) -> CurateSummary:
+        return step_curate(recipe, rd, resume, progress_factory=self.factory, executor=self.executor)
+
+    def train(self, recipe: Recipe, data: str, rd: RunDir, resume: bool) -> dict:
+        bar = step_bar(self.factory("train steps", recipe.train_config().max_steps))
+        return step_train(recipe, data, rd, resume, progress=bar)
+
+    def eval(self, recipe: Recipe, rd: RunDir, heldout: str | None) -> dict:
+        return step_eval(recipe, rd, heldout, progress=eval_bars(self.factory))
+
+
+def step_bar(advance: Callable[[int], None]) -> Callable[[int], None]:
+    """Training reports the step number; the bar advances one per step."""
+    return lambda step: advance(1)
+
+
+def eval_bars(factory: Callable[[str, int | None], Callable[[int], None]]) -> Callable[[str, int, int], None]:
+    """Eval reports (stage, done, total): one bar per stage."""
+    bars: dict[str, tuple[Callable[[int], None], list[int]]] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = (factory(f"eval {stage}", total), [0])
+        advance, seen = bars[stage]
+        advance(done - seen[0])
+        seen[0] = done
+
+    return report
+
+
+def run(
+    recipe: Recipe,
+    run_dir: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    steps: Steps | None = None,
+    start: Step = "curate",
+    upto: Step = "gate",
+) -> dict[str, Any]:
+    """curate → split → train → eval → gate for ``recipe`` in one run folder (held locked), as far as
+    the recipe goes (no ``train:`` section: curation only; no ``eval:``: no eval) and ``upto`` says.
+
+    ``start="split"`` fine-tunes an already curated folder;
+    ``start="eval"`` evaluates an already trained one. Returns what each step returned:
+    ``{"run_dir", "curate", "split", "train", "verdict", "gate"}`` (the steps that ran). Raises
+    :class:`GateFailed` when the gate fails — after everything, the report included, is written.
+    """
+    steps = steps or Steps()
+    rd = RunDir(Path(run_dir)) if run_dir is not None else new_run_dir(recipe)
+    wanted = STEPS[STEPS.index(start): STEPS.index(upto) + 1]
+    out: dict[str, Any] = {"run_dir": str(rd)}
+    with folder_lock(rd.root):
+        if "curate" in wanted:
+            out["curate"] = steps.curate(recipe, rd, resume)
+            write_run_info(rd, recipe, curate=out["curate"])
+            steps.after("curate", recipe, rd, out["curate"])
+        if recipe.train is None:
+            return out
+        if "split" in wanted:
+            out["split"] = steps.split(recipe, rd)
+            write_run_info(rd, recipe, split=out["split"])
+            steps.after("split", recipe, rd, out["split"])
+        if "train" in wanted:
+            out["train"] = steps.train(recipe, str(rd.split_train), rd, resume)
+            write_run_info(rd, recipe, train=out["train"])
+            steps.after("train", recipe, rd, out["train"])
+        if recipe.eval is None:
+            return out
+        if "eval" in wanted:
+            heldout = str(rd.split_heldout) if rd.split_heldout.exists() else None
+            out["verdict"] = steps.eval(recipe, rd, heldout)
+            write_run_info(rd, recipe, verdict=out["verdict"].get("verdict"))
+            steps.after("eval", recipe, rd, out["verdict"])
+        if "gate" in wanted and "verdict" in out:
+            out["gate"] = gate(recipe, out["verdict"])  # raises GateFailed → the flow run fails
+            steps.gate_outcome(recipe, out["verdict"], out["gate"])
+    return out

@@ -25,6 +25,7 @@ from prefect_dask import DaskTaskRunner
 from curation.runner import ShardedExecutor, ShardJob, run_shard
 from curation.stats import StageStats
 from flows import runner
+from flows.flows import PrefectSteps
 from flows.recipe import Recipe, load_recipe
 
 
@@ -60,31 +61,10 @@ def sharded_curate_flow(recipe: str | Recipe, run_dir: str | None = None, shards
                         overrides: list[str] | None = None) -> dict[str, Any]:
     """Curate with per-row stages (quality, score) mapped over ``shards`` shards on Dask.
 
-    The result is the same as the ``curate`` flow's; the artifacts have the same keys.
+    The result is the same as the ``curate`` flow's (it is the same wiring, with a sharded executor);
+    the artifacts have the same keys.
     """
-    from prefect import get_run_logger
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-    from curation.pipeline import curate
-    from flows.deploy import publish_report
-    from flows.flows import artifact_key
-    from flows.summary import curate_markdown, funnel_rows
-
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
-    rd = runner.new_run_dir(r, run_dir)
-    log = get_run_logger()
     executor = ShardedExecutor(shards, dask_map)
-
-    def on_stage(name: str, st: StageStats) -> None:
-        where = f" on {st.shards} shards" if st.shards else ""
-        log.info("%s%s: %s in → %s out; dropped %s", name, where, st.rows_in, st.rows_out, st.dropped_by_reason)
-
-    summary = curate(r.source_paths(), r.stage_list(), rd / "curate", ingest_config=r.ingest, resume=resume,
-                     on_stage=on_stage, executor=executor)
-    create_markdown_artifact(key=artifact_key(r, "curation-summary"), markdown=curate_markdown(summary, rd),
-                             description=f"Curation funnel of {r.name} (sharded: {', '.join(executor.sharded)})")
-    create_table_artifact(key=artifact_key(r, "curation-funnel"), table=funnel_rows(summary),
-                          description="rows in/out and drops per stage")
-    runner.write_run_info(rd, r, curate=summary)
-    publish_report(r, rd)
-    return {"run_dir": str(rd), "curate": summary, "sharded_stages": executor.sharded}
+    out = runner.run(r, run_dir, resume=resume, steps=PrefectSteps(executor), upto="curate")
+    return {**out, "sharded_stages": executor.sharded}

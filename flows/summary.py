@@ -123,5 +123,11 @@ def print_verdict(verdict: dict[str, Any], console: Console | None = None) -> No
         console.print("Rigidity (base → tuned): " + ", ".join(
             f"{k} {_fmt(rig['base'].get(k))} → {_fmt(rig['tuned'].get(k))}" for k in keys))
     console.print(f"Verdict: [bold {colour}]{verdict.get('verdict')}[/]")
+    contamination = verdict.get("contamination") or {}
+    if contamination.get("warning"):
+        console.print(f"[yellow]contamination:[/] {contamination['warning']}", soft_wrap=True, highlight=False)
+    elif contamination.get("covers_eval"):
+        console.print(f"Training data decontaminated against every eval task (suite {contamination.get('suite')!r}, "
+                      f"{contamination.get('rows_removed', 0)} rows removed)", highlight=False)
     if verdict.get("recommendation"):
         console.print(f"Recommendation: {verdict['recommendation']}")

@@ -29,13 +29,14 @@ import jinja2
 import numpy as np
 import torch
 
+from curation.errors import SftflowError
 from curation.io import iter_record_batches
 from curation.records import ROLES, Record
 
 IGNORE = -100
 
 
-class TemplateError(ValueError):
+class TemplateError(SftflowError, ValueError):
     """The chat template cannot be used for assistant-only masking."""
 
 

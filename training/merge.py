@@ -5,7 +5,7 @@
   configs get ``attention_bias``/``mlp_bias`` switched on so the stock architecture carries them.
 - full (a ``model/`` folder): copied as it is.
 - adapter (bottleneck): cannot be merged (the adapters add a nonlinearity); use
-  ``training.sft.load_trained`` instead.
+  ``training.artifacts.load_trained`` instead.
 
 Every merge is checked: the written folder is loaded back and must give the same logits as base +
 delta on a probe input, so an architecture that cannot hold the change fails loudly.
@@ -14,13 +14,14 @@ delta on a probe input, so an architecture that cannot hold the change fails lou
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from curation.errors import SftflowError
-from curation.io import read_json
+from curation.io import atomic_dir
+from curation.rundir import TrainDir
+from training.artifacts import NotATrainingOutput, attach_trained, saved_tokenizer, weights_kind
 from training.models import load_model
 
 
@@ -28,14 +29,13 @@ class MergeError(SftflowError, ValueError):
     pass
 
 
-def _kind(adapter_dir: Path) -> str:
-    if (adapter_dir / "adapter_config.json").exists():
-        return "peft"
-    if (adapter_dir / "sftflow_delta.json").exists():
-        return read_json(adapter_dir / "sftflow_delta.json")["method"]
-    if (adapter_dir / "config.json").exists():
-        return "full"
-    raise MergeError(f"{adapter_dir}: neither a peft adapter, an sftflow delta nor a model folder")
+def _weights(path: Path) -> Path:
+    """The weights folder: ``path`` itself, or the ``adapter/`` / ``model/`` of a training output."""
+    if (path / "train_config.json").exists():
+        for sub in (TrainDir(path).adapter, TrainDir(path).model):
+            if sub.is_dir():
+                return sub
+    return path
 
 
 @torch.no_grad()
@@ -46,21 +46,24 @@ def _logits(model, input_ids: torch.Tensor) -> torch.Tensor:
 def merge(
     base: str, adapter_dir: str | Path, out_dir: str | Path, *, trust_remote_code: bool = False
 ) -> Path:
-    """Write base + trained delta as one model folder at ``out_dir`` (published atomically); returns it."""
-    from training.sft import attach_trained, saved_tokenizer
+    """Write base + trained delta as one model folder at ``out_dir`` (published atomically); returns it.
 
+    ``adapter_dir`` is a weights folder (``adapter/``, ``model/``) or the training output holding one.
+    """
     adapter_dir, out = Path(adapter_dir), Path(out_dir)
     if not adapter_dir.is_dir():
         raise MergeError(f"{adapter_dir}: no such folder")
-    kind = _kind(adapter_dir)
+    adapter_dir = _weights(adapter_dir)
+    try:
+        kind = weights_kind(adapter_dir)
+    except NotATrainingOutput as e:
+        raise MergeError(str(e)) from None
     if kind == "adapter":
         raise MergeError(
             "bottleneck adapters add a nonlinearity and cannot be folded into the base weights; "
-            "load them with training.sft.load_trained(out_dir) instead"
+            "load them with training.artifacts.load_trained(out_dir) instead"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         if kind == "full":
             shutil.copytree(adapter_dir, tmp, dirs_exist_ok=True)
         else:
@@ -82,11 +85,6 @@ def merge(
                 raise MergeError(
                     f"merged model does not reproduce base + {kind} (max diff "
                     f"{(got - expected).abs().max():.3g}): this architecture cannot hold the change; "
-                    "use training.sft.load_trained instead"
+                    "use training.artifacts.load_trained instead"
                 )
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from curation.errors import ConfigError
 from training.config import TrainConfig
 
 PEFT_METHODS = ("lora", "ia3")
@@ -83,7 +84,7 @@ def add_bottleneck_adapters(model: nn.Module, modules: list[str], size: int) -> 
             _set_child(model, name, layer)
             wrapped.append(name)
     if not wrapped:
-        raise ValueError(
+        raise ConfigError(
             f"method=adapter: no linear layer named {modules} in this model (set adapter_modules)"
         )
     return wrapped
@@ -104,7 +105,7 @@ def _peft_config(config: TrainConfig, model: nn.Module):
     if targets == "default":
         return IA3Config(task_type=TaskType.CAUSAL_LM)  # peft's per-architecture k/v/FFN defaults
     if targets == "all-linear":
-        raise ValueError("method=ia3 needs target_modules = 'default' or a list of module names")
+        raise ConfigError("method=ia3 needs target_modules = 'default' or a list of module names")
     # IA3 scales the *input* of feed-forward layers; peft needs to know which targets those are
     ff = [t for t in targets if t in ("down_proj", "fc2", "w2", "c_proj", "dense_4h_to_h")]
     return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=targets, feedforward_modules=ff)
@@ -119,7 +120,7 @@ def apply_method(model: nn.Module, config: TrainConfig) -> tuple[nn.Module, dict
         try:
             model = get_peft_model(model, _peft_config(config, model))
         except ValueError as e:
-            raise ValueError(f"method={config.method}: {e}") from None
+            raise ConfigError(f"method={config.method}: {e}") from None
     elif config.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -141,7 +142,7 @@ def apply_method(model: nn.Module, config: TrainConfig) -> tuple[nn.Module, dict
             p.data = p.data.float()
     trainable, total = param_counts(model)
     if trainable == 0:
-        raise ValueError(f"method={config.method}: no trainable parameter (check target_modules)")
+        raise ConfigError(f"method={config.method}: no trainable parameter (check target_modules)")
     info.update(trainable_params=trainable, total_params=total, trainable_percent=100 * trainable / total)
     return model, info
 

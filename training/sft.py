@@ -1,9 +1,11 @@
-"""Supervised fine-tuning: one readable loop (setup, loss, step, checkpoint), no Trainer.
+"""Supervised fine-tuning: one readable recipe (setup, step, loop, summary), no Trainer.
 
-Reading order: :func:`train` sets up (precision, model, method, data, optimizer, schedule, resume),
-then runs the loop: ``grad_accum`` micro-batches, loss normalised by the number of trained tokens in
-the whole optimizer step (so accumulation and packing do not change the loss), unscale + clip, step,
-schedule, log, eval, checkpoint.
+Reading order (torchtune's recipe shape): :func:`setup` builds everything — precision, model,
+method, data, optimizer, schedule, the newest checkpoint on resume — into one :class:`Run`;
+:func:`train_step` is one optimizer step (``grad_accum`` micro-batches, loss normalised by the number
+of trained tokens in the whole step, so accumulation and packing do not change the loss; unscale +
+clip, step, schedule); :func:`train` is the loop (step, log, eval, checkpoint, progress), then the
+final weights and :func:`summarize`.
 
 Loss: next-token cross-entropy on assistant tokens only (see :mod:`training.data`). For plain
 Llama-style heads the output layer runs on the trained positions only (prompt and padding positions
@@ -14,19 +16,10 @@ scaling (``torch.amp.GradScaler``). Trainable weights are always fp32 (master we
 parameter-efficient methods the frozen base is held in the compute dtype to halve its memory.
 ``auto`` picks bf16 on GPUs that have it, fp16 + scaling on older GPUs, fp32 on CPU.
 
-Outputs in ``out_dir``:
-
-- ``adapter/`` (lora, ia3): peft ``save_pretrained`` (``adapter_model.safetensors``) + tokenizer.
-- ``adapter/`` (bitfit, adapter): ``trainable.safetensors`` (the biases / bottleneck weights only)
-  + ``sftflow_delta.json``; :func:`training.merge.merge` folds bitfit into a plain model folder.
-- ``model/`` (full): the whole model, ``save_pretrained`` safetensors + tokenizer.
-- ``train_config.json`` (the :class:`TrainConfig`), ``summary.json``, ``train_log.jsonl`` (one row
-  per step, plus eval rows), ``dropped.jsonl`` (examples not trained on, with reasons),
-  ``checkpoints/step_N/`` (``trainable.safetensors`` + ``state.pt``: optimizer, schedule, loss
-  scaler, RNG, data position and counters; tensors and plain values only, loaded with
-  ``weights_only=True``). ``resume=True`` continues from the newest one; a finished run is returned
-  as it is, so a retried task does not train twice.
-- ``tensorboard/`` when the ``tensorboard`` package is installed.
+Outputs in ``out_dir``: the weights (``adapter/`` or ``model/``, published atomically), the config,
+``summary.json`` (last), the log, dropped examples and checkpoints — their formats, and how merge
+and eval read them, are :mod:`training.artifacts`'. ``resume=True`` continues from the newest
+checkpoint; a finished run is returned as it is, so a retried task does not train twice.
 
 Multi-GPU: ``torchrun --nproc_per_node N -m training.sft --config c.json --data d.parquet --out o``
 (or ``accelerate launch -m training.sft ...``): the loop wraps the model in DistributedDataParallel,
@@ -41,30 +34,26 @@ import logging
 import math
 import os
 import resource
-import shutil
 import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from curation.io import atomic_path, read_json, write_json
+from curation.errors import MissingFileError, SftflowError
+from curation.io import atomic_path, folder_lock, read_json, write_json
+from curation.rundir import TrainDir
+from training import artifacts
 from training.config import TrainConfig
 from training.data import IGNORE, BatchPlan, TokenizedExamples, collate, load_examples, split_eval
-from training.methods import (
-    PEFT_METHODS,
-    add_bitfit_biases,
-    add_bottleneck_adapters,
-    apply_method,
-    load_trainable_state,
-    trainable_state,
-)
-from training.models import CHATML_TEMPLATE, load_model, load_tokenizer
+from training.methods import apply_method
+from training.models import CHATML_TEMPLATE, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -232,99 +221,14 @@ def _mfu(device: torch.device, precision: str, total_params: int, tokens_per_s: 
 
 
 # --------------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def _save_checkpoint(
-    out: Path, step: int, model, optimizer, scheduler, scaler, plan: BatchPlan, keep: int, counters: dict
-) -> None:
-    from safetensors.torch import save_file
-
-    final = out / "checkpoints" / f"step_{step}"
-    tmp = out / "checkpoints" / f".step_{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: v.cpu() for k, v in trainable_state(_unwrap(model)).items()}, str(tmp / "trainable.safetensors")
-    )
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "data": plan.state(),
-        "counters": counters,
-    }
-    torch.save(state, tmp / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in _checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    found = [p for p in (out / "checkpoints").glob("step_*") if (p / "state.pt").exists()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
-
-
-def _load_checkpoint(ckpt: Path, model, optimizer, scheduler, scaler, plan: BatchPlan, device) -> dict:
-    from safetensors.torch import load_file
-
-    load_trainable_state(_unwrap(model), load_file(str(ckpt / "trainable.safetensors"), device=str(device)))
-    state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng_cpu"])
-    if state["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    plan.load_state(state["data"])
-    return {"step": int(state["step"]), **state["counters"]}
-
-
-def _finished(out: Path, config: TrainConfig) -> bool:
-    """Did a run with exactly this config already complete in ``out``?"""
-    if not ((out / "summary.json").exists() and (out / "train_config.json").exists()):
-        return False
-    return read_json(out / "train_config.json") == config.model_dump(mode="json")
-
-
-def _unwrap(model):
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-# --------------------------------------------------------------------------------------------------
-# outputs
-
-
-def _save_final(out: Path, model, tok, config: TrainConfig, method_info: dict) -> Path:
-    model = _unwrap(model)
-    if config.method in PEFT_METHODS:
-        target = out / "adapter"
-        model.save_pretrained(target, safe_serialization=True)
-    elif config.method == "full":
-        target = out / "model"
-        model.save_pretrained(target, safe_serialization=True)
-    else:
-        from safetensors.torch import save_file
-
-        target = out / "adapter"
-        target.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {k: v.cpu() for k, v in trainable_state(model).items()}, str(target / "trainable.safetensors")
-        )
-        write_json(target / "sftflow_delta.json", {"base": config.model, **method_info})
-    tok.save_pretrained(target)
-    return target
+# the training log
 
 
 class _Log:
     """``train_log.jsonl`` (+ TensorBoard when installed); on resume, rows after the checkpoint go."""
 
-    def __init__(self, out: Path, resume_step: int | None, enabled: bool):
-        self.path = out / "train_log.jsonl"
+    def __init__(self, out: TrainDir, resume_step: int | None, enabled: bool):
+        self.path = out.log
         self.enabled = enabled
         self.tb = None
         if not enabled:
@@ -341,7 +245,7 @@ class _Log:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=(resume_step or 0) + 1)
+            self.tb = SummaryWriter(str(out.tensorboard), purge_step=(resume_step or 0) + 1)
         except ImportError:  # tensorboard is optional
             pass
 
@@ -365,57 +269,100 @@ class _Log:
 
 
 # --------------------------------------------------------------------------------------------------
-# the loop
+# the recipe: setup, one step, the loop, the summary
 
 
-def train(
-    config: TrainConfig,
-    data: str | Path,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> dict:
-    """Fine-tune ``config.model`` on a records parquet; write weights, logs and a summary to ``out_dir``.
+class TrainingError(SftflowError, ValueError):
+    """Training cannot start as asked (no usable example, changed settings on resume)."""
 
-    ``resume=True`` continues from the newest checkpoint in ``out_dir`` (from scratch when there is
-    none), giving the same loss curve as an uninterrupted run. Without it, ``out_dir`` must not hold a
-    previous run. ``progress(step)`` is called after every optimizer step. Returns the summary dict.
+
+class RunExistsError(SftflowError, FileExistsError):
+    """The output folder already holds a training run and ``resume`` was not asked for."""
+
+
+@dataclass
+class Run:
+    """Everything :func:`setup` builds and the loop updates (one object instead of forty locals)."""
+
+    config: TrainConfig
+    data: Path
+    out: TrainDir
+    rank: int
+    world: int
+    device: torch.device
+    precision: str
+    model: Any
+    tok: Any
+    examples: TokenizedExamples
+    train_idx: list[int]
+    eval_idx: list[int]
+    plan: BatchPlan
+    eval_plan: BatchPlan | None
+    method_info: dict
+    head: tuple[Any, Any] | None
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    autocast: Any
+    log: _Log
+    pad_id: int
+    pad_to: int | None
+    setup_s: float
+    start_step: int = 0
+    trained_tokens: int = 0
+    skipped: int = 0
+    losses: list[float] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)
+    step_cpu_times: list[float] = field(default_factory=list)  # process CPU s: fairer on a shared CPU
+    step_tokens: list[int] = field(default_factory=list)
+    tokens_seen: int = 0  # this session's, for throughput and padding waste
+    row_tokens: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(config: TrainConfig, data: str | Path, out_dir: str | Path, resume: bool = False) -> Run | dict:
+    """Precision, model, method, data, optimizer, schedule and (with ``resume``) the newest checkpoint.
+
+    Returns the finished run's summary instead when ``out_dir`` already holds this exact run completed
+    (a retried task does not train twice).
     """
     t_setup = time.perf_counter()
-    out = Path(out_dir)
+    out = TrainDir(Path(out_dir))
     data = Path(data)
     if not data.exists():
-        raise FileNotFoundError(f"training data {data} does not exist")
+        raise MissingFileError(f"training data {data} does not exist")
     rank, world, local_rank = _distributed()
-    is_main = rank == 0
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(config.precision, device)
     compute_dtype = COMPUTE_DTYPE[precision]
 
-    ckpts = _checkpoints(out) if resume else []
-    if resume and _finished(out, config):
-        return read_json(out / "summary.json")  # a retried task: the run already completed
-    if not resume and ((out / "train_log.jsonl").exists() or (out / "checkpoints").exists()):
-        raise FileExistsError(f"{out} already holds a training run: pass resume=True or use another folder")
-    if resume and (out / "train_config.json").exists():
-        before = read_json(out / "train_config.json")
+    ckpts = artifacts.checkpoints(out) if resume else []
+    if resume and artifacts.finished(out, config):
+        return read_json(out.summary)
+    if not resume and (out.log.exists() or out.checkpoints.exists()):
+        raise RunExistsError(f"{out.root} already holds a training run: pass resume=True (--resume) or use another "
+                             "folder")
+    if resume and out.config.exists():
+        before = read_json(out.config)
         now = config.model_dump(mode="json")
         changed = sorted(k for k in now if k not in NON_RESUME_FIELDS and before.get(k) != now[k])
         if changed and ckpts:
-            raise ValueError(f"resume: {out} was trained with different settings for {changed}")
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").unlink(missing_ok=True)  # present only once this run completes
-        write_json(out / "train_config.json", config.model_dump(mode="json"))
+            raise TrainingError(f"resume: {out.root} was trained with different settings for {changed}")
+    if rank == 0:
+        out.root.mkdir(parents=True, exist_ok=True)
+        out.summary.unlink(missing_ok=True)  # present only once this run completes
+        write_json(out.config, config.model_dump(mode="json"))
 
     torch.manual_seed(config.seed)
     # The frozen base of the parameter-efficient methods is held in the compute dtype (memory);
     # full fine-tuning keeps fp32 master weights and autocasts.
     base_dtype = torch.float32 if config.method == "full" else compute_dtype
-    model, tok = load_model(
-        config.model, dtype=base_dtype, device=device, trust_remote_code=config.trust_remote_code
-    )
+    model, tok = load_model(config.model, dtype=base_dtype, device=device, trust_remote_code=config.trust_remote_code)
     model.config.use_cache = False
     if config.attn_implementation:
         model.set_attn_implementation(config.attn_implementation)
@@ -423,44 +370,24 @@ def train(
     examples = load_examples(data, tok, seq_len=config.seq_len, too_long=config.too_long)
     if len(examples) == 0:
         reasons = Counter(d.reason for d in examples.dropped)
-        raise ValueError(f"{data}: no example left to train on (dropped: {dict(reasons) or 'file is empty'})")
+        raise TrainingError(f"{data}: no example left to train on (dropped: {dict(reasons) or 'file is empty'})")
     train_idx, eval_idx = split_eval(examples, config.eval_fraction, config.seed)
-    plan = BatchPlan(
-        examples,
-        train_idx,
-        batch_size=config.batch_size * world,
-        seq_len=config.seq_len,
-        packing=config.packing,
-        seed=config.seed,
-    )
+    plan = BatchPlan(examples, train_idx, batch_size=config.batch_size * world, seq_len=config.seq_len,
+                     packing=config.packing, seed=config.seed)
     eval_plan = (
-        BatchPlan(
-            examples,
-            eval_idx,
-            batch_size=config.batch_size,
-            seq_len=config.seq_len,
-            packing=config.packing,
-            seed=config.seed,
-            shuffle=False,
-        )
+        BatchPlan(examples, eval_idx, batch_size=config.batch_size, seq_len=config.seq_len, packing=config.packing,
+                  seed=config.seed, shuffle=False)
         if eval_idx
         else None
     )
-
     if len(plan.rows) < world:
-        raise ValueError(f"{data}: {len(plan.rows)} training rows cannot feed {world} ranks")
+        raise TrainingError(f"{data}: {len(plan.rows)} training rows cannot feed {world} ranks")
+
     model, method_info = apply_method(model, config)
     logger.info(
         "%s on %s, %s: %d of %d parameters train (%.3f%%); %d examples (%d held out), %d dropped %s",
-        config.method,
-        device,
-        precision,
-        method_info["trainable_params"],
-        method_info["total_params"],
-        method_info["trainable_percent"],
-        len(examples),
-        len(eval_idx),
-        len(examples.dropped),
+        config.method, device, precision, method_info["trainable_params"], method_info["total_params"],
+        method_info["trainable_percent"], len(examples), len(eval_idx), len(examples.dropped),
         dict(Counter(d.reason for d in examples.dropped)),
     )
     if config.grad_checkpointing:
@@ -484,174 +411,202 @@ def train(
 
     start_step = trained_tokens = skipped = 0
     if ckpts:
-        restored = _load_checkpoint(ckpts[-1], model, optimizer, scheduler, scaler, plan, device)
-        start_step, trained_tokens, skipped = (
-            restored["step"],
-            restored["trained_tokens"],
-            restored["skipped"],
-        )
-    log = _Log(out, start_step if ckpts else None, enabled=is_main)
-    if is_main and examples.dropped:
-        with atomic_path(out / "dropped.jsonl") as tmp:
+        restored = artifacts.load_checkpoint(ckpts[-1], model, optimizer, scheduler, scaler, device)
+        plan.load_state(restored["data"])
+        start_step, trained_tokens, skipped = restored["step"], restored["trained_tokens"], restored["skipped"]
+    log = _Log(out, start_step if ckpts else None, enabled=rank == 0)
+    if rank == 0 and examples.dropped:
+        with atomic_path(out.dropped) as tmp:
             tmp.write_text("".join(json.dumps(d.__dict__) + "\n" for d in examples.dropped))
 
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    pad_to = config.seq_len if config.packing else None
-    losses: list[float] = []
-    eval_losses: list[tuple[int, float]] = []
-    step_times: list[float] = []
-    step_tokens: list[int] = []
-    step_cpu_times: list[float] = []  # process CPU seconds: a fairer clock on a shared CPU machine
-    tokens_seen = row_tokens = 0  # this session's, for throughput and padding waste
-    setup_s = time.perf_counter() - t_setup
-
-    def run_eval(step: int) -> None:
-        if eval_plan is None:
-            return
-        value = evaluate(
-            model, examples, eval_plan, head, pad_id, pad_to, device, autocast, config.eval_max_batches
-        )
-        eval_losses.append((step, value))
-        log.write({"step": step, "eval_loss": value})
-
-    if ckpts and is_main:  # the curve so far, so the summary covers the whole run
+    run = Run(
+        config=config, data=data, out=out, rank=rank, world=world, device=device, precision=precision, model=model,
+        tok=tok, examples=examples, train_idx=train_idx, eval_idx=eval_idx, plan=plan, eval_plan=eval_plan,
+        method_info=method_info, head=head, params=params, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+        autocast=autocast, log=log, pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
+        pad_to=config.seq_len if config.packing else None, setup_s=time.perf_counter() - t_setup,
+        start_step=start_step, trained_tokens=trained_tokens, skipped=skipped,
+    )
+    if ckpts and rank == 0:  # the curve so far, so the summary covers the whole run
         for row in log.rows():
             if "loss" in row:
-                losses.append(row["loss"])
+                run.losses.append(row["loss"])
             if "eval_loss" in row:
-                eval_losses.append((row["step"], row["eval_loss"]))
-    if start_step == 0:
-        run_eval(0)  # the base model's held-out loss, the reference for the curve
-    model.train()
-    for step in range(start_step + 1, config.max_steps + 1):
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        micro = []
-        for _ in range(config.grad_accum):
-            rows = plan.next_rows()
-            while len(rows) < world:  # an epoch's short tail cannot feed every rank: skip it
-                rows = plan.next_rows()
-            micro.append(collate(examples, rows[rank::world], pad_id, pad_to))
-        step_trained = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro)
-        if world > 1:  # normalise by the trained tokens of the whole step, across ranks
-            count = torch.tensor(step_trained, device=device)
-            torch.distributed.all_reduce(count)
-            step_trained = int(count)
-        step_loss = 0.0
-        for i, batch in enumerate(micro):
-            batch = _to(batch, device)
-            sync = nullcontext() if world == 1 or i == len(micro) - 1 else model.no_sync()
-            with sync:
-                with autocast:
-                    total, _ = loss_sum(model, batch, head)
-                # DDP averages gradients over ranks; the loss is already a global mean, so undo that.
-                scaler.scale(total * world / max(step_trained, 1)).backward()
-            step_loss += float(total.detach()) / max(step_trained, 1)
-            tokens_seen += batch["real_tokens"]
-            row_tokens += batch["input_ids"].numel()
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
-        scale_before = scaler.get_scale()
-        scaler.step(optimizer)
-        scaler.update()
-        step_skipped = scaler.is_enabled() and scaler.get_scale() < scale_before  # overflow: step skipped
-        skipped += int(step_skipped)
-        # after a skipped (overflow) step torch warns that the schedule moved first: expected here
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        step_times.append(time.perf_counter() - t0)
-        step_cpu_times.append(time.process_time() - cpu0)
-        step_tokens.append(sum(b["real_tokens"] for b in micro))
-        if world > 1:
-            loss_t = torch.tensor(step_loss, device=device)
-            torch.distributed.all_reduce(loss_t)
-            step_loss = float(loss_t)
-        losses.append(step_loss)
-        trained_tokens += step_trained
-        if step % config.log_every == 0 or step == config.max_steps:
-            log.write(
-                {
-                    "step": step,
-                    "loss": step_loss,
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "trained_tokens": step_trained,
-                    "tokens_per_s": step_tokens[-1] * world / step_times[-1],
-                    "loss_scale": scaler.get_scale() if scaler.is_enabled() else None,
-                    "skipped": bool(step_skipped),
-                    "epoch": plan.epoch,
-                }
-            )
-        if config.eval_every and step % config.eval_every == 0 and step != config.max_steps:
-            run_eval(step)
-        if config.save_every and step % config.save_every == 0 and step != config.max_steps and is_main:
-            counters = {"trained_tokens": trained_tokens, "skipped": skipped}
-            _save_checkpoint(
-                out, step, model, optimizer, scheduler, scaler, plan, config.keep_checkpoints, counters
-            )
-        if progress is not None:
-            progress(step)
+                run.eval_losses.append((row["step"], row["eval_loss"]))
+    return run
 
-    run_eval(config.max_steps)
-    log.close()
-    weights_dir = _save_final(out, model, tok, config, method_info) if is_main else None
 
-    train_time = sum(step_times)
-    tokens_per_s = tokens_seen * world / train_time if train_time else 0.0
-    summary = {
+def train_step(run: Run) -> dict:
+    """One optimizer step: ``grad_accum`` micro-batches, loss normalised by the trained tokens of the whole
+    step (across ranks), unscale + clip, step, schedule. Returns the step's log row (without ``step``)."""
+    config, world = run.config, run.world
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    micro = []
+    for _ in range(config.grad_accum):
+        rows = run.plan.next_rows()
+        while len(rows) < world:  # an epoch's short tail cannot feed every rank: skip it
+            rows = run.plan.next_rows()
+        micro.append(collate(run.examples, rows[run.rank :: world], run.pad_id, run.pad_to))
+    step_trained = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro)
+    if world > 1:  # normalise by the trained tokens of the whole step, across ranks
+        count = torch.tensor(step_trained, device=run.device)
+        torch.distributed.all_reduce(count)
+        step_trained = int(count)
+    step_loss = 0.0
+    for i, batch in enumerate(micro):
+        batch = _to(batch, run.device)
+        sync = nullcontext() if world == 1 or i == len(micro) - 1 else run.model.no_sync()
+        with sync:
+            with run.autocast:
+                total, _ = loss_sum(run.model, batch, run.head)
+            # DDP averages gradients over ranks; the loss is already a global mean, so undo that.
+            run.scaler.scale(total * world / max(step_trained, 1)).backward()
+        step_loss += float(total.detach()) / max(step_trained, 1)
+        run.tokens_seen += batch["real_tokens"]
+        run.row_tokens += batch["input_ids"].numel()
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm or float("inf"))
+    scale_before = run.scaler.get_scale()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    skipped = run.scaler.is_enabled() and run.scaler.get_scale() < scale_before  # overflow: step skipped
+    run.skipped += int(skipped)
+    # after a skipped (overflow) step torch warns that the schedule moved first: expected here
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    run.step_times.append(time.perf_counter() - t0)
+    run.step_cpu_times.append(time.process_time() - cpu0)
+    run.step_tokens.append(sum(b["real_tokens"] for b in micro))
+    if world > 1:
+        loss_t = torch.tensor(step_loss, device=run.device)
+        torch.distributed.all_reduce(loss_t)
+        step_loss = float(loss_t)
+    run.losses.append(step_loss)
+    run.trained_tokens += step_trained
+    return {
+        "loss": step_loss,
+        "lr": run.scheduler.get_last_lr()[0],
+        "grad_norm": float(grad_norm),
+        "trained_tokens": step_trained,
+        "tokens_per_s": run.step_tokens[-1] * world / run.step_times[-1],
+        "loss_scale": run.scaler.get_scale() if run.scaler.is_enabled() else None,
+        "skipped": bool(skipped),
+        "epoch": run.plan.epoch,
+    }
+
+
+def eval_step(run: Run, step: int) -> None:
+    """The held-out loss now (when there is a held-out split), logged at ``step``."""
+    if run.eval_plan is None:
+        return
+    value = evaluate(run.model, run.examples, run.eval_plan, run.head, run.pad_id, run.pad_to, run.device,
+                     run.autocast, run.config.eval_max_batches)
+    run.eval_losses.append((step, value))
+    run.log.write({"step": step, "eval_loss": value})
+
+
+def train(
+    config: TrainConfig,
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Fine-tune ``config.model`` on a records parquet; write weights, logs and a summary to ``out_dir``.
+
+    ``resume=True`` continues from the newest checkpoint in ``out_dir`` (from scratch when there is
+    none), giving the same loss curve as an uninterrupted run. Without it, ``out_dir`` must not hold a
+    previous run. ``progress(step)`` is called after every optimizer step. Returns the summary dict.
+    The folder is held (:func:`curation.io.folder_lock`, by rank 0 — the one that writes) while
+    training: a second run into it is refused.
+    """
+    with folder_lock(out_dir) if _distributed()[0] == 0 else nullcontext():
+        run = setup(config, data, out_dir, resume)
+        if isinstance(run, dict):
+            return run  # this exact run already completed
+        if run.start_step == 0:
+            eval_step(run, 0)  # the base model's held-out loss, the reference for the curve
+        run.model.train()
+        for step in range(run.start_step + 1, config.max_steps + 1):
+            row = train_step(run)
+            if step % config.log_every == 0 or step == config.max_steps:
+                run.log.write({"step": step, **row})
+            if config.eval_every and step % config.eval_every == 0 and step != config.max_steps:
+                eval_step(run, step)
+            if config.save_every and step % config.save_every == 0 and step != config.max_steps and run.is_main:
+                artifacts.save_checkpoint(run.out, step, run.model, run.optimizer, run.scheduler, run.scaler,
+                                          run.plan.state(), config.keep_checkpoints,
+                                          {"trained_tokens": run.trained_tokens, "skipped": run.skipped})
+            if progress is not None:
+                progress(step)
+        eval_step(run, config.max_steps)
+        run.log.close()
+        weights = artifacts.save_final(run.out, run.model, run.tok, config, run.method_info) if run.is_main else None
+        result = summarize(run, weights)
+        if run.is_main:
+            write_json(run.out.summary, result)  # last: the run is complete
+        return result
+
+
+def summarize(run: Run, weights: Path | None) -> dict:
+    """``summary.json``: what was trained, how fast, the loss curve's ends, what was dropped."""
+    config, world, device = run.config, run.world, run.device
+    train_time = sum(run.step_times)
+    tokens_per_s = run.tokens_seen * world / train_time if train_time else 0.0
+    examples, info = run.examples, run.method_info
+    return {
         "model": config.model,
         "method": config.method,
-        "precision": precision,
+        "precision": run.precision,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "world_size": world,
-        "weights": str(weights_dir.relative_to(out)) if weights_dir else None,
+        "weights": str(weights.relative_to(run.out.root)) if weights else None,
         "steps": config.max_steps,
-        "resumed_from_step": start_step or None,
-        "first_loss": losses[0] if losses else None,
-        "final_loss": losses[-1] if losses else None,
-        "first_eval_loss": eval_losses[0][1] if eval_losses else None,
-        "eval_loss": eval_losses[-1][1] if eval_losses else None,
-        "trainable_params": method_info["trainable_params"],
-        "total_params": method_info["total_params"],
-        "trainable_percent": method_info["trainable_percent"],
-        "method_detail": {k: v for k, v in method_info.items() if k not in ("method",)},
+        "resumed_from_step": run.start_step or None,
+        "first_loss": run.losses[0] if run.losses else None,
+        "final_loss": run.losses[-1] if run.losses else None,
+        "first_eval_loss": run.eval_losses[0][1] if run.eval_losses else None,
+        "eval_loss": run.eval_losses[-1][1] if run.eval_losses else None,
+        "trainable_params": info["trainable_params"],
+        "total_params": info["total_params"],
+        "trainable_percent": info["trainable_percent"],
+        "method_detail": {k: v for k, v in info.items() if k not in ("method",)},
         "tokens_per_s": tokens_per_s,
         # the first step pays one-off costs (allocator warm-up, kernel selection)
         "tokens_per_s_after_first_step": (
-            sum(step_tokens[1:]) * world / sum(step_times[1:]) if len(step_times) > 1 else None
+            sum(run.step_tokens[1:]) * world / sum(run.step_times[1:]) if len(run.step_times) > 1 else None
         ),
         "tokens_per_cpu_s_after_first_step": (
-            sum(step_tokens[1:]) / sum(step_cpu_times[1:]) if len(step_times) > 1 else None
+            sum(run.step_tokens[1:]) / sum(run.step_cpu_times[1:]) if len(run.step_times) > 1 else None
         ),
-        "train_tokens": tokens_seen * world,
-        "trained_tokens": trained_tokens,
-        "padding_waste_percent": 100 * (1 - tokens_seen / row_tokens) if row_tokens else 0.0,
+        "train_tokens": run.tokens_seen * world,
+        "trained_tokens": run.trained_tokens,
+        "padding_waste_percent": 100 * (1 - run.tokens_seen / run.row_tokens) if run.row_tokens else 0.0,
         "train_time_s": train_time,
-        "setup_time_s": setup_s,
-        "skipped_steps": skipped,
-        "loss_scale": scaler.get_scale() if scaler.is_enabled() else None,
-        "mfu": _mfu(device, precision, method_info["total_params"], tokens_per_s),
+        "setup_time_s": run.setup_s,
+        "skipped_steps": run.skipped,
+        "loss_scale": run.scaler.get_scale() if run.scaler.is_enabled() else None,
+        "mfu": _mfu(device, run.precision, info["total_params"], tokens_per_s),
         "flop_formula": FLOP_FORMULA,
         **_peak_memory(device),
         "chat_template": _chat_template_source(config.model, config.trust_remote_code),
         "examples": len(examples),
-        "train_examples": len(train_idx),
-        "eval_examples": len(eval_idx),
-        "packed_rows": len(plan.rows) if config.packing else None,
+        "train_examples": len(run.train_idx),
+        "eval_examples": len(run.eval_idx),
+        "packed_rows": len(run.plan.rows) if config.packing else None,
         "dropped": len(examples.dropped),
         "dropped_by_reason": dict(Counter(d.reason for d in examples.dropped)),
         "dropped_ids": [d.id for d in examples.dropped[:200]],
         "truncated": len(examples.truncated),
         "truncated_ids": examples.truncated[:200],
         "too_long": config.too_long,
-        "tensorboard": bool(is_main and log.tb is not None),
+        "tensorboard": bool(run.is_main and run.log.tb is not None),
     }
-    if is_main:
-        write_json(out / "summary.json", summary)
-    return summary
 
 
 @torch.no_grad()
@@ -678,81 +633,6 @@ def evaluate(
         total, count = total + float(s), count + n
     model.train(was_training)
     return total / max(count, 1)
-
-
-# --------------------------------------------------------------------------------------------------
-# loading what was trained
-
-
-def load_trained(
-    out_dir: str | Path,
-    base: str | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-):
-    """(model, tokenizer) = base + what :func:`train` wrote to ``out_dir``, for any method.
-
-    ``base`` defaults to the model named in ``out_dir/train_config.json``. For lora/ia3 the result is
-    a peft model, so ``with model.disable_adapter():`` gives the base model's view.
-    """
-    out = Path(out_dir)
-    cfg_path = out / "train_config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{out} is not a training output (no train_config.json)")
-    config = TrainConfig.model_validate(read_json(cfg_path))
-    base = base or config.model
-    if config.method == "full":
-        model, tok = load_model(
-            str(out / "model"), dtype=dtype, device=device, trust_remote_code=config.trust_remote_code
-        )
-    else:
-        model, _ = load_model(base, dtype=dtype, device=device, trust_remote_code=config.trust_remote_code)
-        tok = saved_tokenizer(out / "adapter", base, config.trust_remote_code)
-        model = attach_trained(model, out / "adapter", config.method)
-    model.eval()
-    return model, tok
-
-
-def saved_tokenizer(folder: Path, base: str, trust_remote_code: bool = False):
-    """The tokenizer saved beside trained weights (chat template included), else the base model's."""
-    if not (Path(folder) / "tokenizer_config.json").exists():
-        return load_tokenizer(base, trust_remote_code)
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def attach_trained(model, adapter_dir: Path, method: str):
-    """Put the trained delta in ``adapter_dir`` on top of a loaded base model."""
-    adapter_dir = Path(adapter_dir)
-    if method in PEFT_METHODS:
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(model, adapter_dir)
-    from safetensors.torch import load_file
-
-    delta = read_json(adapter_dir / "sftflow_delta.json")
-    if method == "bitfit":
-        add_bitfit_biases(model)
-        for n, p in model.named_parameters():
-            p.requires_grad_(n.endswith(".bias"))
-    else:
-        add_bottleneck_adapters(
-            model, sorted({n.rsplit(".", 1)[-1] for n in delta["adapters_after"]}), int(delta["adapter_size"])
-        )
-        for n, p in model.named_parameters():
-            p.requires_grad_(".adapter." in n)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    model.to(device)
-    load_trainable_state(model, load_file(str(adapter_dir / "trainable.safetensors"), device=str(device)))
-    for p in model.parameters():
-        p.data = p.data.to(dtype)
-        p.requires_grad_(False)
-    return model
 
 
 def main(argv: list[str] | None = None) -> None:

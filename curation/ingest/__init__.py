@@ -19,12 +19,19 @@ the CLI, which exits non-zero when no row survived.
 """
 
 from curation.ingest.base import CANONICAL_FIELDS, IngestConfig, RowError, SourceError
-from curation.ingest.driver import IngestFigures, IngestResult, IngestStage, ingest, sources_fingerprint
+from curation.ingest.driver import (
+    IngestFigures,
+    IngestResult,
+    IngestStage,
+    ingest,
+    iter_records,
+    sources_fingerprint,
+)
 from curation.ingest.formats import detect_format, row_to_record
 from curation.ingest.readers import SUFFIXES, expand_sources, iter_raw_rows
 
 __all__ = [
     "CANONICAL_FIELDS", "IngestConfig", "IngestFigures", "IngestResult", "IngestStage", "RowError", "SUFFIXES",
-    "SourceError", "detect_format", "expand_sources", "ingest", "iter_raw_rows", "row_to_record",
+    "SourceError", "detect_format", "expand_sources", "ingest", "iter_raw_rows", "iter_records", "row_to_record",
     "sources_fingerprint",
 ]

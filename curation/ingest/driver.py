@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from curation.ingest.base import PREVIEW_CHARS, SURROGATE_RE, IngestConfig, RowError, clean
 from curation.ingest.formats import row_to_record
 from curation.ingest.readers import _expand, iter_raw_rows
+from curation.io import folder_lock
 from curation.records import Record, content_id
 from curation.stage import Drop, SourceStage, StageOutput
 from curation.stats import Concat, Figures, StageStats, Sum
@@ -199,8 +200,30 @@ def ingest(
     from curation.runner import run_stage
 
     out_dir = Path(out_dir)
-    stats = run_stage(IngestStage(config, sources), None, out_dir, progress=progress)
+    with folder_lock(out_dir):
+        stats = run_stage(IngestStage(config, sources), None, out_dir, progress=progress)
     return IngestResult(stats, out_dir / "output.parquet", out_dir / "ledger.parquet")
+
+
+def iter_records(path: str, config: IngestConfig) -> Iterator[tuple[int, Record | None, RowError | None]]:
+    """Every row of one source as ``(line, record, None)``, or ``(line, None, error)`` when it cannot be one.
+
+    For readers of a single source that want records, not an ingest stage (the mixer's general pool,
+    quality-classifier training files): rows are converted exactly as ingest converts them, but ids
+    are not made unique across sources and nothing is written.
+    """
+    for lineno, row, err in iter_raw_rows(path, config):
+        if err is None:
+            try:
+                rec, _ = row_to_record(row, path, lineno, config)
+            except RowError as e:
+                err = e
+            except RecursionError:
+                err = RowError("nested_too_deep", "row is nested too deeply")
+            else:
+                yield lineno, rec, None
+                continue
+        yield lineno, None, err
 
 
 def _own_id(row: Any, config: IngestConfig) -> str | None:
@@ -275,4 +298,4 @@ def _preview(row: Any) -> str:
     return clean(s[:PREVIEW_CHARS])
 
 
-__all__ = ["IngestFigures", "IngestResult", "IngestStage", "ingest", "sources_fingerprint"]
+__all__ = ["IngestFigures", "IngestResult", "IngestStage", "ingest", "iter_records", "sources_fingerprint"]

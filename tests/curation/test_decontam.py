@@ -380,3 +380,26 @@ def test_mix_general_pool_is_decontaminated(tmp_path, monkeypatch):
     kept, _, _ = apply_stage(plain, task)
     assert sum(r.attrs["mix_source"] == "general" for r in kept) == 18
     assert MixStage(MixConfig(general=[str(pool)], decontam=dc)).fingerprint() != plain.fingerprint()
+
+
+# ------------------------------------------------------------------------------------------------
+# the verdict's contamination block
+
+
+def test_contamination_block_says_what_was_not_checked():
+    from curation.decontam import IndexFigures, contamination_block
+
+    fig = DecontamFigures(suite="full", index=IndexFigures(key="k", benchmarks=["arc_easy", "piqa"],
+                                                           skipped={"cmmlu": "task cmmlu: file x not found"}),
+                          removed_per_benchmark={"arc_easy": 3})
+    ok = contamination_block(fig, ["arc_easy", "piqa"])
+    assert ok["decontaminated"] and ok["covers_eval"] and ok["warning"] is None and ok["rows_removed"] == 3
+    partial = contamination_block(fig.model_dump(), ["arc_easy", "piqa", "cmmlu"])
+    assert not partial["covers_eval"] and partial["eval_tasks_not_checked"] == ["cmmlu"]
+    assert "not checked against cmmlu" in partial["warning"] and "file x not found" in partial["warning"]
+    none = contamination_block(None, ["arc_easy"])
+    assert not none["decontaminated"] and not none["covers_eval"] and "decontam" in none["warning"]
+    pool = {"benchmarks": ["arc_easy", "piqa"], "removed": 2, "removed_per_benchmark": {"piqa": 2}}
+    assert contamination_block(fig, ["arc_easy"], pool=pool, general_rows=10)["general_pool"]["rows_removed"] == 2
+    unchecked_pool = contamination_block(fig, ["arc_easy"], general_rows=10)
+    assert not unchecked_pool["covers_eval"] and "10 general rows" in unchecked_pool["warning"]

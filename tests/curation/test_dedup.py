@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from datasketch import MinHash
 
-from curation.dedup import DedupConfig, DedupStage
+from curation.dedup import DedupConfig, DedupFigures, DedupStage
 from curation.dedup_index import IndexMismatchError
 from curation.io import write_records
 from curation.minhash import (
@@ -262,17 +262,18 @@ def test_chinese_near_duplicates():
 def test_verify_jaccard_and_stats(corpus):
     kept, dropped, stats = run(corpus, verify_jaccard=True)
     assert len(kept) == 40
-    extra = stats.extra
-    lsh = extra["lsh"]
-    assert lsh["bands"] * lsh["rows"] <= 128
-    curve = dict((s, p) for s, p in lsh["s_curve"])
+    fig = stats.figures(DedupFigures)  # the typed view of stats.json's extra
+    assert fig.lsh.bands * fig.lsh.rows <= 128
+    curve = dict(fig.lsh.s_curve)
     assert curve[0.5] < curve[0.8] < curve[0.95]
+    assert stats.extra["lsh"]["p_candidate_at_threshold_minus_0.1"] == fig.lsh.p_candidate_below
     for source, n_rows in (("base", 40), ("copies", 20)):
         n_dropped = sum(d.record.source == source for d in dropped)
-        assert extra["per_source"][source]["rows"] == n_rows
-        assert extra["per_source"][source]["duplicate_rate"] == round(n_dropped / n_rows, 4)
-    top = extra["largest_clusters"]
-    assert top[0]["size"] == 3 and sum(m["kept"] for m in top[0]["members"]) == 1
+        assert fig.per_source[source].rows == n_rows
+        assert fig.per_source[source].duplicate_rate == round(n_dropped / n_rows, 4)
+    top = fig.largest_clusters
+    assert top[0].size == 3 and sum(m.kept for m in top[0].members) == 1
+    assert fig.pairs.verified <= fig.pairs.candidates
 
 
 def test_run_stage_writes_ledger(tmp_path, corpus):

@@ -70,7 +70,7 @@ class MinLen(Stage):
 
 
 class Untyped(MinLen):
-    """The same stage with a plain-dict ``stats`` (merged by value types)."""
+    """The same stage with a plain-dict ``stats``: nothing says how its figures merge."""
 
     name = "untyped"
     Figures = None
@@ -111,10 +111,12 @@ def test_sharded_executor_writes_the_serial_bytes_and_merges_typed_figures(src, 
     assert not (tmp_path / "sharded" / ".shards").exists()
 
 
-def test_untyped_figures_still_merge(src, tmp_path):
+def test_a_stage_without_figures_is_never_sharded(src, tmp_path):
+    """No guessing how plain-dict figures would merge: such a stage runs whole."""
+    ex = ShardedExecutor(3)
     serial = run_stage(Untyped(), src, tmp_path / "serial")
-    sharded = run_stage(Untyped(), src, tmp_path / "sharded", executor=ShardedExecutor(3))
-    assert sharded.extra == serial.extra and sharded.shards == 3
+    whole = run_stage(Untyped(), src, tmp_path / "whole", executor=ex)
+    assert ex.sharded == [] and whole.shards is None and whole.extra == serial.extra
 
 
 def test_a_process_pool_is_a_drop_in_map(src, tmp_path):

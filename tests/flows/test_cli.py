@@ -105,3 +105,26 @@ def test_every_stage_command_has_one_complete_ledger(tmp_path, command):
     assert counts["rows_in"] + counts.get("rows_added", 0) == n_out + len(ledger)
     ingest_drops = {(d["reason"], d["id"]) for d in ledger if d["stage"] == "ingest"}
     assert ingest_drops == {("duplicate_id", "q3"), ("bad_json", f"{src}:26"), ("unknown_format", f"{src}:27")}
+
+
+def test_two_runs_into_one_folder_the_second_is_refused_in_one_line(tmp_path):
+    """Two real sftflow processes: the second gets "folder in use" (exit 2); once the first is gone
+    (killed: its lock file stays behind), the folder is free again."""
+    import signal
+
+    src = _ledger_source(tmp_path)
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom curation.io import folder_lock\n"
+                               "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n",
+                               str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = _run("dedup", str(src), "--out", str(out))
+        assert res.returncode == 2
+        assert "folder in use by another sftflow run" in res.stderr and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    res = _run("dedup", str(src), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]

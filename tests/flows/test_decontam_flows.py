@@ -84,3 +84,90 @@ def test_recipe_decontam_uses_eval_data_and_checks_the_mix_pool(tmp_path):
     )
     stages = dict(load_recipe(recipe).stage_list())
     assert stages["decontam"].data_dir == str(tmp_path / "other") and stages["mix"].decontam is None
+
+
+def test_report_contamination_section(tmp_path, monkeypatch):
+    """Rows removed per benchmark (training data and general pool), examples with spans, and the verdict's coverage."""
+    import flows  # noqa: F401
+    from curation.io import write_json
+    from curation.pipeline import curate
+    from flows.report import build_report
+
+    monkeypatch.setenv("SFTFLOW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SFTFLOW_HISTORY_DIR", str(tmp_path / "history"))
+    data = _benchmarks(tmp_path / "bench")
+    src, pool = tmp_path / "in.jsonl", tmp_path / "pool.jsonl"
+    src.write_text("".join(json.dumps({"instruction": q, "output": "ok"}) + "\n" for q in (
+        "Which gas do plants take in from the air to make their food? <b>", "Write a limerick.", "Name a river.")))
+    pool.write_text("".join(json.dumps({"instruction": q, "output": "ok"}) + "\n" for q in (
+        "which gas do plants take in from the air to make their food", "Say hello.", "Count to three.")))
+    dc = {"suite": "arc_easy", "data_dir": str(data)}
+    run = tmp_path / "run-1"
+    curate([str(src)], [("decontam", dc), ("mix", {"general": [str(pool)], "ratio": 0.3, "decontam": dc})],
+           run / "curate")
+    write_json(run / "eval" / "verdict.json", {"verdict": "PASS", "tasks": {"arc_easy": {"n": 1}, "piqa": {"n": 1}}})
+    html = build_report(run).read_text(encoding="utf-8")
+    sec = html.split('<section id="contamination">')[1].split("</section>")[0]
+    assert "1 of 3 training rows removed" in sec and "1 rows of the general pool left out" in sec
+    assert "which gas do plants take in from the air to make their food" in sec  # the matched span
+    assert "not checked against piqa" in sec  # the eval ran a task the data was not checked against
+    # a run without a decontam stage warns
+    plain = tmp_path / "run-2"
+    curate([str(src)], [("quality", {})], plain / "curate")
+    write_json(plain / "eval" / "verdict.json", {"verdict": "PASS", "tasks": {"arc_easy": {"n": 1}}})
+    sec = build_report(plain).read_text(encoding="utf-8").split('<section id="contamination">')[1]
+    assert "not decontaminated" in sec.split("</section>")[0]
+
+
+def test_verdict_records_contamination_and_warns(tmp_path, monkeypatch):
+    """step_eval (every run's eval) adds the contamination block to verdict.json; the CLI summary warns."""
+    import io
+
+    from rich.console import Console
+
+    import evals.run
+    from curation.io import write_json
+    from curation.pipeline import curate
+    from curation.rundir import RunDir
+    from flows import runner
+    from flows.summary import print_verdict
+
+    monkeypatch.setenv("SFTFLOW_CACHE", str(tmp_path / "cache"))
+    data = _benchmarks(tmp_path / "bench")
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"instruction": q, "output": "ok"}) + "\n" for q in (
+        "Which gas do plants take in from the air to make their food?", "Write a limerick.")))
+
+    def fake_evaluate(cfg, base, adapter, out_dir, progress=None):
+        verdict = {"verdict": "PASS", "tasks": {t: {"n": 1} for t in cfg.suite.split(",")}}
+        write_json(Path(out_dir) / "verdict.json", verdict)
+        return verdict
+
+    monkeypatch.setattr(evals.run, "evaluate", fake_evaluate)
+    for name, stages, suite in (("checked", [("decontam", {"suite": "arc_easy", "data_dir": str(data)})], "arc_easy"),
+                                ("partial", [("decontam", {"suite": "arc_easy", "data_dir": str(data)})],
+                                 "arc_easy,piqa"),
+                                ("unchecked", [], "arc_easy")):
+        rd = RunDir(tmp_path / name)
+        curate([str(src)], stages, rd.curate.root)
+        recipe = load_recipe_text(tmp_path, f"train: {{model: tiny-random-llama}}\neval: {{suite: '{suite}'}}\n")
+        verdict = runner.step_eval(recipe, rd, None)
+        on_disk = json.loads(rd.eval.verdict.read_text())
+        block = on_disk["contamination"]
+        assert block == verdict["contamination"]
+        out = io.StringIO()
+        print_verdict(on_disk, Console(file=out, width=200))
+        if name == "checked":
+            assert block["covers_eval"] and block["rows_removed"] == 1 and block["warning"] is None
+            assert "decontaminated against every eval task" in out.getvalue()
+        elif name == "partial":
+            assert not block["covers_eval"] and block["eval_tasks_not_checked"] == ["piqa"]
+            assert "not checked against piqa" in out.getvalue()
+        else:
+            assert not block["decontaminated"] and "not decontaminated" in out.getvalue()
+
+
+def load_recipe_text(folder: Path, text: str):
+    path = folder / "recipe.yaml"
+    path.write_text(text)
+    return load_recipe(path)

@@ -138,7 +138,7 @@ def test_ifd_selection_experiment_end_to_end_on_the_tiny_model(tmp_path, shared_
     for a in out["arms"]:
         assert a["rows"] == 30 and a["train"]["steps"] == 2
         assert a["verdict"]["target"]["n"] == 8 and "arc_easy" in a["verdict"]["tasks"]
-        assert (run / f"arm_{a['arm']}" / "01_select" / "output.parquet").exists()
+        assert (run / f"arm_{a['arm']}" / "curate" / "01_select" / "output.parquet").exists()
     ifd_sel = out["arms"][0]["stages"][0]
     assert ifd_sel.extra["rank_by"] == "ifd" and ifd_sel.extra["ifd"]["after"]["rows"] == 30
     assert out["arms"][2]["stages"][0].extra["method"] == "random"
@@ -147,7 +147,7 @@ def test_ifd_selection_experiment_end_to_end_on_the_tiny_model(tmp_path, shared_
 
     held = set(pq.read_table(run / "split" / "heldout.parquet").column("id").to_pylist())
     for a in out["arms"]:
-        trained = set(pq.read_table(run / f"arm_{a['arm']}" / "01_select" / "output.parquet").column("id").to_pylist())
+        trained = set(pq.read_table(run / f"arm_{a['arm']}" / "curate" / "01_select" / "output.parquet").column("id").to_pylist())
         assert not held & trained
     md = (run / "arms.md").read_text()
     assert md.count("\n| ") == 4 and "held-out gain [95% CI]" in md

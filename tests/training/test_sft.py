@@ -12,12 +12,13 @@ from safetensors.torch import load_file
 
 from curation.io import write_records
 from curation.records import Record
+from training.artifacts import load_trained
 from training.config import TrainConfig
 from training.data import collate, load_examples, pack
 from training.merge import MergeError, merge
 from training.methods import apply_method
 from training.models import ModelNotFoundError, load_model
-from training.sft import _head_and_decoder, load_trained, loss_sum, train
+from training.sft import _head_and_decoder, loss_sum, train
 
 TINY = "tiny-random-llama"
 
@@ -421,3 +422,46 @@ def test_auto_precision_picks_bf16_or_fp16_with_scaling_by_gpu(monkeypatch):
     assert resolve_precision("auto", torch.device("cuda")) == "fp16"
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+@pytest.mark.parametrize("method", ["lora", "bitfit"])
+def test_a_crash_while_saving_never_leaves_weights_that_look_complete(small_data, tmp_path, method):
+    """Killed after the final weights are written but before they are published: no adapter/ at all
+    (and no summary.json); the resumed run publishes a complete one and cleans up the temp folder."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    cfg = config(method=method, max_steps=2).model_dump_json()
+    code = ("import sys\nfrom training.config import TrainConfig\nfrom training.sft import train\n"
+            "train(TrainConfig.model_validate_json(sys.argv[1]), sys.argv[2], sys.argv[3], resume=True)\n")
+    env = {**os.environ, "SFTFLOW_CRASH_AFTER": "train:weights"}
+    killed = subprocess.run([sys.executable, "-c", code, cfg, str(small_data), str(out)], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    assert not (out / "adapter").exists() and not (out / "summary.json").exists()
+    assert list(out.glob(".adapter.*.tmp"))  # the half-published folder, under a hidden temp name
+    summary = train(config(method=method, max_steps=2), small_data, out, resume=True)
+    assert summary["weights"] == "adapter" and (out / "adapter" / "tokenizer_config.json").exists()
+    assert not list(out.glob(".adapter.*.tmp"))
+    model, _ = load_trained(out)  # complete: it loads
+
+
+def test_a_second_training_into_the_same_folder_is_refused(small_data, tmp_path):
+    from curation.io import FolderInUse, folder_lock
+
+    with folder_lock(tmp_path / "out"):  # (re-entrant in this process, so hold it from a thread's view)
+        pass
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom curation.io import folder_lock\n"
+                               "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n",
+                               str(tmp_path / "out")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderInUse):
+            train(config(max_steps=1), small_data, tmp_path / "out")
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

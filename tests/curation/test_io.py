@@ -1,0 +1,82 @@
+"""Files: one writer per output folder (the lock), with a real second process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from curation.io import LOCK_NAME, FolderInUse, folder_lock
+
+REPO = Path(__file__).resolve().parents[2]
+HOLDER = """
+import sys, time
+from curation.io import folder_lock
+with folder_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _hold(folder: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_process_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    folder = tmp_path / "out"
+    holder = _hold(folder)
+    try:
+        with pytest.raises(FolderInUse, match=rf"out: folder in use by another sftflow run \(pid {holder.pid} on "):
+            with folder_lock(folder):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)  # dies holding the lock: the file stays, the flock goes
+        holder.wait(timeout=30)
+    assert (folder / LOCK_NAME).exists()
+    with folder_lock(folder):
+        assert f"pid {os.getpid()} " in (folder / LOCK_NAME).read_text()
+
+
+def test_the_lock_is_reentrant_within_a_process_and_released_after(tmp_path):
+    with folder_lock(tmp_path / "a"), folder_lock(tmp_path / "a"), folder_lock(tmp_path / "b"):
+        pass
+    holder = _hold(tmp_path / "a")  # released: another process can take it
+    holder.kill()
+    holder.wait(timeout=30)
+
+
+def test_release_happens_when_the_block_fails(tmp_path):
+    with pytest.raises(RuntimeError), folder_lock(tmp_path / "a"):
+        raise RuntimeError("boom")
+    holder = _hold(tmp_path / "a")  # _hold waits until the other process has it
+    holder.kill()
+    holder.wait(timeout=30)
+
+
+def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    import errno
+
+    from curation.io import DiskFullError, atomic_dir
+
+    target = tmp_path / "adapter"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("v1")
+    assert (target / "weights").read_text() == "v1"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("v2")
+        assert (target / "weights").read_text() == "v1"  # the old folder stays until the new one is complete
+    assert (target / "weights").read_text() == "v2"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("killed while writing")
+    assert (target / "weights").read_text() == "v2"
+    with pytest.raises(DiskFullError, match="adapter"), atomic_dir(target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temp folder left behind
