@@ -65,44 +65,42 @@ def comparison_rows(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for a in arms:
         v, tr = a["verdict"], a["train"]
-        target = v.get("target") or {}
         row: dict[str, Any] = {
             "ratio": a["ratio"],
             "general_rows": a["mix"].rows_added,
             "train_loss": f"{tr.get('first_loss', float('nan')):.3f} → {tr.get('final_loss', float('nan')):.3f}",
-            "target_gain": target.get("delta"),
-            "verdict": v.get("verdict"),
+            "target_gain": v.target.gain if v.target else None,
+            "verdict": v.verdict,
         }
-        for name, t in v.get("tasks", {}).items():
-            row[name] = t.get("delta")
-            row[f"{name}_ci"] = [t.get("ci_low"), t.get("ci_high")]
-        rig = v.get("rigidity") or {}
-        row["distinct2_delta"] = (rig.get("delta") or {}).get("distinct_2") if isinstance(rig.get("delta"), dict) else None
+        for name, t in v.tasks.items():
+            test = t.test
+            row[name] = test.delta if test else None
+            row[f"{name}_ci"] = [test.ci_low, test.ci_high] if test else [None, None]
+        row["distinct2_delta"] = v.rigidity.delta.get("distinct_2") if v.rigidity else None
         rows.append(row)
     return rows
 
 
 def comparison_markdown(arms: list[dict[str, Any]], command: str) -> str:
-    tasks = list(arms[0]["verdict"].get("tasks", {}))
+    tasks = list(arms[0]["verdict"].tasks)
     head = ["replay ratio", "general rows", "train loss", "target-task gain"] + [f"Δ {t} [95% CI]" for t in tasks]
     head += ["verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in arms:
         v = a["verdict"]
-        target = v.get("target") or {}
         cells = [f"{a['ratio']:g}", str(a["mix"].rows_added),
                  f"{a['train'].get('first_loss', 0):.3f} → {a['train'].get('final_loss', 0):.3f}",
-                 _num(target.get("delta"))]
+                 _num(v.target.gain if v.target else None)]
         for t in tasks:
-            r = v["tasks"][t]
-            cells.append(f"{_num(r.get('delta'))} [{_num(r.get('ci_low'))}, {_num(r.get('ci_high'))}]")
-        cells.append(str(v.get("verdict")))
+            r = v.tasks[t].test
+            cells.append(f"{_num(r.delta)} [{_num(r.ci_low)}, {_num(r.ci_high)}]" if r else "-")
+        cells.append(str(v.verdict))
         lines.append("| " + " | ".join(cells) + " |")
     rig_lines = []
     for a in arms:
-        rig = a["verdict"].get("rigidity") or {}
-        tuned = rig.get("tuned") or {}
-        base = rig.get("base") or {}
+        rig = a["verdict"].rigidity
+        tuned = rig.tuned if rig else {}
+        base = rig.base if rig else {}
         if tuned:
             rig_lines.append(
                 f"| {a['ratio']:g} | " + " | ".join(
@@ -136,16 +134,16 @@ def plot(arms: list[dict[str, Any]], path: Path) -> Path | None:
         return None
     ratios = [a["ratio"] for a in arms]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    tasks = list(arms[0]["verdict"].get("tasks", {}))
+    tasks = [t for t in arms[0]["verdict"].tasks if all(a["verdict"].tasks[t].test for a in arms)]
     for t in tasks:
-        d = [a["verdict"]["tasks"][t].get("delta") or 0 for a in arms]
-        lo = [a["verdict"]["tasks"][t].get("ci_low") or 0 for a in arms]
-        hi = [a["verdict"]["tasks"][t].get("ci_high") or 0 for a in arms]
+        d = [a["verdict"].tasks[t].test.delta for a in arms]
+        lo = [a["verdict"].tasks[t].test.ci_low for a in arms]
+        hi = [a["verdict"].tasks[t].test.ci_high for a in arms]
         ax.errorbar(ratios, d, yerr=[[x - y for x, y in zip(d, lo, strict=True)], [y - x for x, y in zip(d, hi, strict=True)]],
                     marker="o", capsize=3, label=t, alpha=0.8)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("replay ratio (share of general data)")
-    ax.set_ylabel("accuracy delta (tuned - base)")
+    ax.set_ylabel("delta of the gate's score (tuned - base)")
     ax.set_title("General capability after narrow SFT vs replay ratio")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -220,54 +218,65 @@ def stages_arm(recipe: Recipe, rd: RunDir, name: str) -> dict[str, Any]:
 
 
 def arms_rows(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One JSON row per arm: rows trained, train loss, held-out NLL and gain (CI), task deltas (CIs), verdict."""
+    """One JSON row per arm: rows trained, train loss, held-out NLL and gain (CI), the suite's and each
+    task's delta (CIs), verdict."""
     rows = []
     for a in arms:
         v, tr = a["verdict"], a["train"]
-        target = v.get("target") or {}
+        t = v.target
         row: dict[str, Any] = {
             "arm": a["arm"],
             "rows": a["rows"],
             "train_loss": f"{tr.get('first_loss', float('nan')):.3f} → {tr.get('final_loss', float('nan')):.3f}",
-            "heldout_n": target.get("n"),
-            "heldout_nll_base": target.get("base_nll"),
-            "heldout_nll_tuned": target.get("tuned_nll"),
-            "target_gain": target.get("delta"),
-            "target_gain_ci": [target.get("ci_low"), target.get("ci_high")],
-            "verdict": v.get("verdict"),
+            "heldout_n": t.n if t else None,
+            "heldout_nll_base": t.base_nll if t else None,
+            "heldout_nll_tuned": t.tuned_nll if t else None,
+            "target_gain": t.gain if t else None,
+            "target_gain_ci": [t.ci_low, t.ci_high] if t else [None, None],
+            "verdict": v.verdict,
         }
-        for task_name, t in v.get("tasks", {}).items():
-            row[task_name] = t.get("delta")
-            row[f"{task_name}_ci"] = [t.get("ci_low"), t.get("ci_high")]
-            row[f"{task_name}_n"] = t.get("n")
+        tests = {"suite": v.suite.test if v.suite else None} | {k: r.test for k, r in v.tasks.items()}
+        for name, test in tests.items():
+            row[name] = test.delta if test else None
+            row[f"{name}_ci"] = [test.ci_low, test.ci_high] if test else [None, None]
+            row[f"{name}_n"] = test.n if test else None
         rows.append(row)
     return rows
 
 
 def arms_markdown(arms: list[dict[str, Any]], command: str, wall_s: float | None = None) -> str:
-    tasks = list(arms[0]["verdict"].get("tasks", {}))
-    head = ["arm", "rows trained", "train loss", "held-out NLL base → tuned", "held-out gain [95% CI]"]
+    """The arms table: per arm the held-out NLL and gain, the general suite's and each task's delta, with CIs."""
+    first = arms[0]["verdict"]
+    tasks = list(first.tasks)
+    head = ["arm", "rows trained", "train loss", "held-out NLL base → tuned", "held-out gain [95% CI]",
+            "Δ general suite [95% CI]"]
     head += [f"Δ {t} [95% CI]" for t in tasks] + ["verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def ci(test: Any) -> str:
+        return f"{_num(test.delta)} [{_num(test.ci_low)}, {_num(test.ci_high)}]" if test else "-"
+
     for a in arms:
         v = a["verdict"]
-        target = v.get("target") or {}
+        t = v.target
         cells = [a["arm"], str(a["rows"]),
                  f"{a['train'].get('first_loss', 0):.3f} → {a['train'].get('final_loss', 0):.3f}",
-                 f"{_val(target.get('base_nll'))} → {_val(target.get('tuned_nll'))}",
-                 f"{_num(target.get('delta'))} [{_num(target.get('ci_low'))}, {_num(target.get('ci_high'))}]"]
-        for t in tasks:
-            r = v["tasks"][t]
-            cells.append(f"{_num(r.get('delta'))} [{_num(r.get('ci_low'))}, {_num(r.get('ci_high'))}]")
-        cells.append(str(v.get("verdict")))
+                 f"{_val(t.base_nll)} → {_val(t.tuned_nll)}" if t else "-",
+                 f"{_num(t.gain)} [{_num(t.ci_low)}, {_num(t.ci_high)}]" if t else "-",
+                 ci(v.suite.test if v.suite else None)]
+        cells += [ci(v.tasks[name].test if name in v.tasks else None) for name in tasks]
+        cells.append(str(v.verdict))
         lines.append("| " + " | ".join(cells) + " |")
-    target = arms[0]["verdict"].get("target") or {}
-    ns = ", ".join(f"{t} {arms[0]['verdict']['tasks'][t].get('n')}" for t in tasks)
+    ns = ", ".join(f"{name} {r.test.n} ({r.test.score})" for name, r in first.tasks.items() if r.test)
     when = f"date: {dt.date.today().isoformat()}" + (f"; wall time {wall_s / 60:.1f} min" if wall_s else "")
+    suite = first.suite
     notes = [f"Command: `{command}`; {when}.", "",
-             f"Held-out: the same {target.get('n', '-')} curated rows for every arm (NLL per assistant token; "
-             "gain = base − tuned, 95% paired bootstrap CI over rows). Tasks: items per task " + (ns or "-") +
-             " (Δ = tuned − base accuracy, 95% paired bootstrap CI). Every arm: same base, steps and seed."]
+             f"Held-out: the same {first.target.n if first.target else '-'} curated rows for every arm (NLL per "
+             "assistant token; gain = base − tuned, 95% paired bootstrap CI over rows). General: items per task "
+             + (ns or "-") + "; Δ = tuned − base on the score the gate reads, with the gate's 95% interval"
+             + (f"; the suite row is the equal-weight mean over {', '.join(suite.tasks)} ({suite.test.interval})"
+                if suite else "")
+             + ". Every arm: same base, pool, steps and seed; only the selection differs."]
     return "\n".join([*notes, "", *lines])
 
 

@@ -9,23 +9,23 @@ import pytest
 
 from curation.io import write_json
 from curation.stats import StageStats
+from evals.verdict import RigidityResult, TargetResult
 from flows.experiments import arms_markdown, arms_rows, comparison_markdown, comparison_rows
 from flows.report import build_report
+from tests.evals.factories import make_verdict
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _arm(ratio: float, arc_delta: float, gain: float) -> dict:
+    verdict = make_verdict({"arc_easy": arc_delta})
+    verdict.target = TargetResult(n=10, gain=gain)
+    verdict.rigidity = RigidityResult(base={"distinct_2": 0.8}, tuned={"distinct_2": 0.7}, delta={"distinct_2": -0.1})
     return {
         "ratio": ratio,
         "mix": StageStats(stage="mix", rows_added=int(ratio * 100)),
         "train": {"first_loss": 2.0, "final_loss": 1.5},
-        "verdict": {
-            "verdict": "PASS" if arc_delta > -0.01 else "REGRESSED",
-            "tasks": {"arc_easy": {"delta": arc_delta, "ci_low": arc_delta - 0.02, "ci_high": arc_delta + 0.02}},
-            "target": {"delta": gain},
-            "rigidity": {"base": {"distinct_2": 0.8}, "tuned": {"distinct_2": 0.7}, "delta": {"distinct_2": -0.1}},
-        },
+        "verdict": verdict,
     }
 
 
@@ -60,24 +60,25 @@ def _sel_arm(name: str, rows: int, gain: float, arc_delta: float) -> dict:
         "arm": name,
         "rows": rows,
         "train": {"first_loss": 2.0, "final_loss": 1.4},
-        "verdict": {
+        "verdict": make_verdict({"arc_easy": arc_delta}).model_copy(update={
             "verdict": "INCONCLUSIVE",
-            "tasks": {"arc_easy": {"n": 40, "delta": arc_delta, "ci_low": arc_delta - 0.05, "ci_high": arc_delta + 0.05}},
-            "target": {"n": 64, "base_nll": 2.0, "tuned_nll": 2.0 - gain, "delta": gain, "ci_low": gain - 0.1,
-                       "ci_high": gain + 0.1},
-        },
+            "target": TargetResult(n=64, base_nll=2.0, tuned_nll=2.0 - gain, gain=gain, ci_low=gain - 0.1,
+                                   ci_high=gain + 0.1)}),
     }
 
 
 def test_arms_table_has_one_row_per_arm_with_heldout_nll_and_cis(tmp_path):
     arms = [_sel_arm("ifd", 200, 0.3, -0.025), _sel_arm("random", 200, 0.2, 0.0)]
     md = arms_markdown(arms, "sftflow experiment --recipe ifd.yaml", wall_s=600)
-    assert "| ifd | 200 | 2.000 → 1.400 | 2.0000 → 1.7000 | +0.3000 [+0.2000, +0.4000] |" in md
-    assert "-0.0250 [-0.0750, +0.0250]" in md and "wall time 10.0 min" in md
-    assert "the same 64 curated rows" in md and "arc_easy 40" in md
+    # held-out gain, then the suite (a one-task suite: its mean is the task's delta, interval ±0.008)
+    assert ("| ifd | 200 | 2.000 → 1.400 | 2.0000 → 1.7000 | +0.3000 [+0.2000, +0.4000] | "
+            "-0.0250 [-0.0330, -0.0170] | -0.0250 [-0.0450, -0.0050] | INCONCLUSIVE |") in md
+    assert "wall time 10.0 min" in md
+    assert "the same 64 curated rows" in md and "arc_easy 200 (prob)" in md
     rows = arms_rows(arms)
     assert [r["arm"] for r in rows] == ["ifd", "random"]
-    assert rows[0]["target_gain_ci"] == pytest.approx([0.2, 0.4]) and rows[0]["arc_easy_n"] == 40
+    assert rows[0]["target_gain_ci"] == pytest.approx([0.2, 0.4]) and rows[0]["arc_easy_n"] == 200
+    assert rows[0]["suite_ci"] == pytest.approx([-0.033, -0.017])
     write_json(tmp_path / "arms.json", {"arms": rows})
     html = build_report(tmp_path, history=False).read_text()
     section = html.split('id="arms"', 1)[1].split("</section>", 1)[0]
@@ -137,7 +138,7 @@ def test_ifd_selection_experiment_end_to_end_on_the_tiny_model(tmp_path, shared_
     assert [a["arm"] for a in out["arms"]] == ["ifd", "complexity", "random"]
     for a in out["arms"]:
         assert a["rows"] == 30 and a["train"]["steps"] == 2
-        assert a["verdict"]["target"]["n"] == 8 and "arc_easy" in a["verdict"]["tasks"]
+        assert a["verdict"].target.n == 8 and "arc_easy" in a["verdict"].tasks
         assert (run / f"arm_{a['arm']}" / "curate" / "01_select" / "output.parquet").exists()
     ifd_sel = out["arms"][0]["stages"][0]
     assert ifd_sel.extra["rank_by"] == "ifd" and ifd_sel.extra["ifd"]["after"]["rows"] == 30
