@@ -343,18 +343,26 @@ def demo(
 @app.command()
 def experiment(
     recipe: Path = typer.Option(..., "--recipe", help="an experiment recipe, e.g. configs/experiments/replay.yaml"),
-    out: str | None = typer.Option(None, "--out"),
+    out: str | None = typer.Option(None, "--out", help="run folder (reuse one to reuse its finished arms)"),
     sets: list[str] = typer.Option([], "--set"),
+    search: str | None = typer.Option(None, "--search", help="replay: raise the replay ratio step by step "
+                                      "(experiment.search) until an arm PASSes"),
 ) -> None:
-    """Replay experiment: the same narrow SFT at several replay ratios, each evaluated against the base."""
-    from flows.experiments import replay_flow
+    """Experiments: replay ratios (arm vs arm), the replay search, curated vs raw data."""
+    from flows.experiments import curation_flow, replay_flow
     from flows.recipe import load_recipe
 
     r = load_recipe(recipe, sets)
-    if r.experiment is None:
-        raise UserError(f"{recipe}: no `experiment:` section")
-    cmd = " ".join(["sftflow experiment --recipe", str(recipe), *[f"--set {s}" for s in sets]])
-    res = replay_flow(r, out, command=cmd)
+    if search is not None and search != "replay":
+        raise UserError(f"--search {search}: the only search is `replay`")
+    if search is None and r.experiment is None:
+        raise UserError(f"{recipe}: no `experiment:` section (or use --search replay)")
+    cmd = " ".join(["sftflow experiment --recipe", str(recipe), *[f"--set {s}" for s in sets]]
+                   + (["--search", search] if search else []))
+    if search is None and r.experiment is not None and r.experiment.kind == "curation":
+        res = curation_flow(r, out, command=cmd)
+    else:
+        res = replay_flow(r, out, command=cmd, search=search is not None)
     out_console.print(res["markdown"])
     out_console.print(f"run folder: {res['run_dir']}")
 
