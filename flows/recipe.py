@@ -245,13 +245,17 @@ def _extend(path: Path, data: dict[str, Any], depth: int = 0) -> dict[str, Any]:
     ppath = path.parent / str(parent)
     if not ppath.exists() or ppath.resolve().parent != path.resolve().parent:
         raise ConfigError(f"{path}: extends: {parent!r} is not a recipe file in the same folder")
+    return _merge(_extend(ppath, _read_yaml(ppath), depth + 1), data)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        pdata = yaml.safe_load(ppath.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{ppath}: not valid YAML: {e}") from None
-    if not isinstance(pdata, dict):
-        raise ConfigError(f"{ppath}: a recipe must be a mapping of sections")
-    return _merge(_extend(ppath, pdata, depth + 1), data)
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -259,13 +263,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: recipe file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
-    data = _extend(path, data)
+    data = _extend(path, _read_yaml(path))
     data = apply_overrides(data, parse_overrides(overrides or []))
     data["base_dir"] = str(path.resolve().parent)
     try:
