@@ -349,7 +349,7 @@ def experiment(
                                       "(experiment.search) until an arm PASSes"),
 ) -> None:
     """Experiments: replay ratios (arm vs arm), the replay search, curated vs raw data."""
-    from flows.experiments import curation_flow, replay_flow
+    from flows.experiments import curation_flow, replay_flow, replay_setup
     from flows.recipe import load_recipe
 
     r = load_recipe(recipe, sets)
@@ -357,6 +357,11 @@ def experiment(
         raise UserError(f"--search {search}: the only search is `replay`")
     if search is None and r.experiment is None:
         raise UserError(f"{recipe}: no `experiment:` section (or use --search replay)")
+    if search is not None or r.experiment.kind == "replay":  # type: ignore[union-attr]
+        try:
+            replay_setup(r)  # a missing general pool is one line now, not after curation
+        except SftflowError as e:
+            raise UserError(f"{recipe}: {e}") from None
     cmd = " ".join(["sftflow experiment --recipe", str(recipe), *[f"--set {s}" for s in sets]]
                    + (["--search", search] if search else []))
     if search is None and r.experiment is not None and r.experiment.kind == "curation":
