@@ -34,14 +34,15 @@ def _recipe(recipe: str | Recipe, overrides: list[str] | None) -> Recipe:
 
 
 @task(name="curate-stages", **_TASK)
-def curate_task(recipe: Recipe, rd: RunDir, resume: bool, executor: Executor | None = None) -> CurateSummary:
+def curate_task(recipe: Recipe, rd: RunDir, resume: bool, executor: Executor | None = None,
+                workers: int | None = None) -> CurateSummary:
     log = get_run_logger()
 
     def on_stage(name: str, st) -> None:
         where = f" on {st.shards} shards" if st.shards else ""
         log.info("%s%s: %s in → %s out; dropped %s", name, where, st.rows_in, st.rows_out, st.dropped_by_reason)
 
-    return runner.step_curate(recipe, rd, resume=resume, on_stage=on_stage, executor=executor)
+    return runner.step_curate(recipe, rd, resume=resume, on_stage=on_stage, executor=executor, workers=workers)
 
 
 @task(name="split-heldout", **_TASK)
@@ -62,11 +63,12 @@ def eval_task(recipe: Recipe, rd: RunDir, heldout: str | None) -> Verdict:
 class PrefectSteps(runner.Steps):
     """Each step a Prefect task; after it, its artifacts and the refreshed report."""
 
-    def __init__(self, executor: Executor | None = None):
+    def __init__(self, executor: Executor | None = None, workers: int | None = None):
         self.executor = executor
+        self.workers = workers
 
     def curate(self, recipe: Recipe, rd: RunDir, resume: bool) -> CurateSummary:
-        return curate_task(recipe, rd, resume, self.executor)
+        return curate_task(recipe, rd, resume, self.executor, self.workers)
 
     def split(self, recipe: Recipe, rd: RunDir) -> dict:
         return split_task(recipe, rd)
@@ -108,9 +110,11 @@ class PrefectSteps(runner.Steps):
 
 @flow(name="curate", log_prints=True)
 def curate_flow(recipe: str | Recipe, run_dir: str | None = None, resume: bool = False,
-                overrides: list[str] | None = None) -> dict:
-    """Ingest and curate the recipe's sources; publishes the funnel as artifacts."""
-    return runner.run(_recipe(recipe, overrides), run_dir, resume=resume, steps=PrefectSteps(), upto="curate")
+                overrides: list[str] | None = None, workers: int | None = None) -> dict:
+    """Ingest and curate the recipe's sources (per-row stages on ``workers`` processes, default one per
+    core); publishes the funnel as artifacts."""
+    return runner.run(_recipe(recipe, overrides), run_dir, resume=resume, steps=PrefectSteps(workers=workers),
+                      upto="curate")
 
 
 @flow(name="sft", log_prints=True)
@@ -133,6 +137,7 @@ def evaluate_flow(recipe: str | Recipe, run_dir: str, overrides: list[str] | Non
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(recipe: str | Recipe, run_dir: str | None = None, resume: bool = False,
-                  overrides: list[str] | None = None) -> dict[str, Any]:
-    """curate → SFT → before/after eval → gate, in one run folder."""
-    return runner.run(_recipe(recipe, overrides), run_dir, resume=resume, steps=PrefectSteps())
+                  overrides: list[str] | None = None, workers: int | None = None) -> dict[str, Any]:
+    """curate → SFT → before/after eval → gate, in one run folder (curation's per-row stages on ``workers``
+    processes, default one per core)."""
+    return runner.run(_recipe(recipe, overrides), run_dir, resume=resume, steps=PrefectSteps(workers=workers))
