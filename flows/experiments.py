@@ -201,6 +201,10 @@ def next_ratio(points: list[tuple[float, float]], margin: float, schedule: list[
     if target >= 1:
         return None, (f"The trend ({fit}) reaches -{margin:g} only at a ratio of {target:.2f} ≥ 1: replay alone "
                       "will not fix it; lower the learning rate or the number of steps.")
+    if target <= tried[-1]:
+        when = f"try {step:g} next" if step is not None else "extend the schedule"
+        return step, (f"The data cannot tell: the trend ({fit}) reaches -{margin:g} at about {max(target, 0):.2f}, "
+                      f"yet ratios up to {tried[-1]:g} did not pass; {when}.")
     cands = [r for r in sorted(schedule) if r >= target and r > tried[-1]]
     if cands:
         return cands[0], (f"Try replay ratio {cands[0]:g}: the trend ({fit}) reaches -{margin:g} at about "
@@ -536,14 +540,16 @@ def _arm_scores(a: dict[str, Any]) -> dict[str, Any]:
     return a
 
 
-def _trend_recommendation(arms: list[dict[str, Any]], schedule: list[float]) -> None:
-    """Every arm that did not pass gets the trend's next ratio as its recommendation (``verdict.json`` too)."""
+def _trend_recommendation(arms: list[dict[str, Any]], schedule: list[float], so_far: bool) -> None:
+    """Every arm that did not pass gets the trend's next ratio as its recommendation (``verdict.json`` too):
+    from the arms up to it (``so_far``: the search, which decides step by step) or from all arms."""
     margin = arms[0]["verdict"].margin
     for i, a in enumerate(arms):
         v = a["verdict"]
         if v.verdict == PASS:
             continue
-        pts = [(b["ratio"], b["verdict"].suite.test.ci_low) for b in arms[: i + 1] if b["verdict"].suite]
+        seen = arms[: i + 1] if so_far else arms
+        pts = [(b["ratio"], b["verdict"].suite.test.ci_low) for b in seen if b["verdict"].suite]
         if not pts:
             continue
         _, text = next_ratio(pts, margin, schedule)
@@ -577,7 +583,7 @@ def replay_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: lis
             log.info("arm: replay ratio %s", ratio)
             arms.append(_arm_scores(replay_arm(r, rd, ratio, general)))
             if search:
-                _trend_recommendation(arms, schedule)
+                _trend_recommendation(arms, schedule, so_far=True)
                 if arms[-1]["verdict"].verdict == PASS:
                     outcome = f"stopped at {ratio:g}, the smallest ratio whose arm PASSes."
                     break
@@ -585,7 +591,7 @@ def replay_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: lis
             if search:
                 outcome = f"no ratio up to {schedule[-1]:g} PASSes. {arms[-1]['verdict'].recommendation or ''}"
         if not search:
-            _trend_recommendation(arms, schedule)
+            _trend_recommendation(arms, schedule, so_far=False)
     comparisons = [compare_pair(arms[0], a, alpha=arms[0]["verdict"].alpha) for a in arms[1:]]
     wall = time.perf_counter() - started
     cmd = command or f"sftflow experiment --recipe {_name(recipe)}" + (" --search replay" if search else "")

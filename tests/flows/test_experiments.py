@@ -108,6 +108,9 @@ def test_next_ratio_interpolates_the_lower_bound():
     # beyond the schedule, below 1
     r, why = next_ratio([(0.0, -0.5), (0.3, -0.2)], 0.01, sched)
     assert r == pytest.approx(0.49) and "beyond the schedule" in why
+    # the line crosses below ratios that did not pass: not linear, cannot tell
+    r, why = next_ratio([(0.0, -0.05), (0.1, 0.0), (0.2, -0.02)], 0.01, sched)
+    assert r == 0.3 and "cannot tell" in why
     # would need a ratio of 1 or more
     r, why = next_ratio([(0.0, -0.5), (0.3, -0.49)], 0.01, sched)
     assert r is None and "will not fix it" in why
