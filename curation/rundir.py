@@ -175,7 +175,7 @@ class RunDir(_Folder):
         return RunDir(self.root / f"ratio_{ratio:g}")
 
     def arm_named(self, name: str) -> RunDir:
-        """The folder of one named arm of an experiment (``raw``, ``curated``, ...)."""
+        """The folder of one named arm of an experiment (``raw``, ``curated``, an arms experiment's arm: its stages under ``curate/``)."""
         return RunDir(self.root / f"arm_{name}")
 
     @property
@@ -184,7 +184,7 @@ class RunDir(_Folder):
         return self.root / "arm.json"
 
     def experiment_json(self, kind: str) -> Path:
-        """An experiment's comparison (``replay.json``, ``curation.json``)."""
+        """An experiment's comparison (``replay.json``, ``arms.json``, ``curation.json``)."""
         return self.root / f"{kind}.json"
 
     def experiment_md(self, kind: str) -> Path:

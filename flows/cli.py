@@ -361,8 +361,9 @@ def experiment(
     search: str | None = typer.Option(None, "--search", help="replay: raise the replay ratio step by step "
                                       "(experiment.search) until an arm PASSes"),
 ) -> None:
-    """Experiments: replay ratios (arm vs arm), the replay search, curated vs raw data."""
-    from flows.experiments import curation_flow, replay_flow, replay_setup
+    """Experiments: replay ratios, the replay search, named arms (e.g. selection by IFD / complexity / random),
+    curated vs raw data; every arm compared with the first on the same items."""
+    from flows.experiments import arms_flow, curation_flow, replay_flow, replay_setup
     from flows.recipe import load_recipe
 
     r = load_recipe(recipe, sets)
@@ -379,6 +380,8 @@ def experiment(
                    + (["--search", search] if search else []))
     if search is None and r.experiment is not None and r.experiment.kind == "curation":
         res = curation_flow(r, out, command=cmd)
+    elif search is None and r.experiment is not None and r.experiment.kind == "arms":
+        res = arms_flow(r, out, command=cmd)
     else:
         res = replay_flow(r, out, command=cmd, search=search is not None)
     out_console.print(res["markdown"])

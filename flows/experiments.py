@@ -20,6 +20,11 @@ and the arms compared with each other on the same items.
     curated rows and the same suite, and compared with each other. Output: ``curation.{md,json,png}``,
     the report's curation section, ``RUN/arm_raw/``, ``RUN/arm_curated/``.
 
+``arms`` (``experiment: {kind: arms, arms: {name: [stages]}}``)
+    Arms as data: each named arm runs its own stages on the training split (e.g. a ``select`` that picks
+    the same budget by IFD, by complexity or at random), then trains and is evaluated like every arm.
+    Output: ``arms.{md,json}``, the report's arms section, ``RUN/arm_<name>/{curate/NN_<stage>,train,eval}``.
+
 A finished arm is reused when its training data and settings are unchanged (``arm.json``), so a search
 run in a replay experiment's folder only trains the ratios that are new.
 """
@@ -652,3 +657,108 @@ def curation_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: l
              "excluded": arms[0]["excluded"], "reading": curation_reading(comparison)}
     _publish(r, rd, "curation", md, arm_rows(arms, [comparison]), extra, log)
     return {"run_dir": str(rd), "arms": arms, "comparison": comparison, "markdown": md}
+
+
+# ------------------------------------------------------------------------------------------------
+# arms as data
+
+
+@task(name="experiment-arm", **_TASK)
+def stages_arm(recipe: Recipe, rd: RunDir, name: str) -> dict[str, Any]:
+    """The arm's stages on the run's training split, then train and evaluate on the run's held-out
+    rows, in ``RUN/arm_<name>/``."""
+    arm = rd.arm_named(name)
+    data, stages, folders = rd.split_train, [], []
+    for i, (stage_name, cfg) in enumerate(recipe.arm_stage_list(name), 1):
+        out = arm.curate.stage(i, stage_name)
+        stages.append(run_stage(build_stage(stage_name, cfg), data, out, resume=True))
+        folders.append(out)
+        data = out / "output.parquet"
+    # the arm's training data: the run's curation, then this arm's stages
+    out = train_and_eval(recipe, arm, Path(data), rd.split_heldout, [*rd.curate.stages(), *folders])
+    return {"arm": name, "rows": count_rows(data), "stages": stages, **out}
+
+
+def arms_rows(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One JSON row per arm: rows trained, train loss, held-out NLL and gain (CI), the suite's and each
+    task's delta (CIs), verdict."""
+    rows = []
+    for a in arms:
+        v, tr = a["verdict"], a["train"]
+        t = v.target
+        row: dict[str, Any] = {
+            "arm": a["arm"],
+            "rows": a["rows"],
+            "train_loss": f"{tr.get('first_loss', float('nan')):.3f} → {tr.get('final_loss', float('nan')):.3f}",
+            "heldout_n": t.n if t else None,
+            "heldout_nll_base": t.base_nll if t else None,
+            "heldout_nll_tuned": t.tuned_nll if t else None,
+            "target_gain": t.gain if t else None,
+            "target_gain_ci": [t.ci_low, t.ci_high] if t else [None, None],
+            "verdict": v.verdict,
+        }
+        tests = {"suite": v.suite.test if v.suite else None} | {k: r.test for k, r in v.tasks.items()}
+        for name, test in tests.items():
+            row[name] = test.delta if test else None
+            row[f"{name}_ci"] = [test.ci_low, test.ci_high] if test else [None, None]
+            row[f"{name}_n"] = test.n if test else None
+        rows.append(row)
+    return rows
+
+
+def arms_markdown(arms: list[dict[str, Any]], command: str, wall_s: float | None = None) -> str:
+    """The arms table: per arm the held-out NLL and gain, the general suite's and each task's delta, with CIs."""
+    first = arms[0]["verdict"]
+    tasks = list(first.tasks)
+    head = ["arm", "rows trained", "train loss", "held-out NLL base → tuned", "held-out gain [95% CI]",
+            "Δ general suite [95% CI]"]
+    head += [f"Δ {t} [95% CI]" for t in tasks] + ["verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def ci(test: Any) -> str:
+        return f"{_num(test.delta)} [{_num(test.ci_low)}, {_num(test.ci_high)}]" if test else "-"
+
+    for a in arms:
+        v = a["verdict"]
+        t = v.target
+        cells = [a["arm"], str(a["rows"]),
+                 f"{a['train'].get('first_loss', 0):.3f} → {a['train'].get('final_loss', 0):.3f}",
+                 f"{_val(t.base_nll)} → {_val(t.tuned_nll)}" if t else "-",
+                 f"{_num(t.gain)} [{_num(t.ci_low)}, {_num(t.ci_high)}]" if t else "-",
+                 ci(v.suite.test if v.suite else None)]
+        cells += [ci(v.tasks[name].test if name in v.tasks else None) for name in tasks]
+        cells.append(str(v.verdict))
+        lines.append("| " + " | ".join(cells) + " |")
+    ns = ", ".join(f"{name} {r.test.n} ({r.test.score})" for name, r in first.tasks.items() if r.test)
+    when = f"date: {dt.date.today().isoformat()}" + (f"; wall time {wall_s / 60:.1f} min" if wall_s else "")
+    suite = first.suite
+    notes = [f"Command: `{command}`; {when}.", "",
+             f"Held-out: the same {first.target.n if first.target else '-'} curated rows for every arm (NLL per "
+             "assistant token; gain = base − tuned, 95% paired bootstrap CI over rows). General: items per task "
+             + (ns or "-") + "; Δ = tuned − base on the score the gate reads, with the gate's 95% interval"
+             + (f"; the suite row is the equal-weight mean over {', '.join(suite.tasks)} ({suite.test.interval})"
+                if suite else "")
+             + ". Every arm: same base, pool, steps and seed; only the selection differs."]
+    return "\n".join([*notes, "", *lines])
+
+
+@flow(name="arms-experiment", log_prints=True)
+def arms_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: list[str] | None = None,
+              command: str = "") -> dict[str, Any]:
+    """Curate once, split, then each arm's stages → train → eval; write the comparison table."""
+    started = time.perf_counter()
+    r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    if r.experiment is None or r.experiment.kind != "arms":
+        raise ValueError("the recipe has no `experiment: {kind: arms, ...}` section")
+    rd = runner.new_run_dir(r, run_dir)
+    log = get_run_logger()
+    curated, split = _curate_and_split(r, rd, log)
+    arms = []
+    with folder_lock(rd.root):
+        for name in r.experiment.arms:
+            log.info("arm: %s", name)
+            arms.append(stages_arm(r, rd, name))
+    md = arms_markdown(arms, command or f"sftflow experiment --recipe {recipe}", time.perf_counter() - started)
+    _publish(r, rd, "arms", md, arms_rows(arms), {"curate": curated, "split": split}, log)
+    return {"run_dir": str(rd), "arms": arms, "markdown": md}
+
