@@ -70,3 +70,16 @@ def publish_training(recipe: Recipe, run_dir: str | Path) -> None:
     cols = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "eval_loss")
     create_table_artifact(key=artifact_key(recipe, "sft-log"), table=[{c: r.get(c) for c in cols} for r in thinned],
                           description=f"SFT training log of {recipe.name} (step, loss, lr, grad norm, tokens/s)")
+
+
+def publish_export(recipe: Recipe, folder: str | Path) -> None:
+    """A link to the exported dataset's card (README.md), so the UI leads to what was shared."""
+    card = (Path(folder) / "README.md").resolve()
+    target = f" and pushed to hf://datasets/{recipe.export.push_to_hub}" if recipe.export and \
+        recipe.export.push_to_hub else ""
+    create_link_artifact(
+        key=artifact_key(recipe, "dataset-card"), link=card.as_uri(), link_text=f"{recipe.name}: dataset card",
+        description=f"The curated rows of this run exported to {card.parent}{target} (chat `messages` form, "
+                    "`datasets.load_dataset` reads the folder); the card holds sources, funnel, dedup, quality, "
+                    "replay, scores and the verdict.",
+    )

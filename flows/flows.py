@@ -21,7 +21,7 @@ from curation.pipeline import CurateSummary
 from curation.rundir import RunDir
 from curation.runner import Executor
 from flows import runner
-from flows.artifacts import artifact_key, publish_report, publish_training
+from flows.artifacts import artifact_key, publish_export, publish_report, publish_training
 from flows.recipe import Recipe, load_recipe
 from flows.summary import curate_markdown, eval_markdown, funnel_rows, train_markdown
 
@@ -58,6 +58,11 @@ def eval_task(recipe: Recipe, rd: RunDir, heldout: str | None) -> dict:
     return runner.step_eval(recipe, rd, heldout)
 
 
+@task(name="export", **_TASK)
+def export_task(recipe: Recipe, rd: RunDir) -> str:
+    return str(runner.step_export(recipe, rd))
+
+
 class PrefectSteps(runner.Steps):
     """Each step a Prefect task; after it, its artifacts and the refreshed report."""
 
@@ -76,7 +81,13 @@ class PrefectSteps(runner.Steps):
     def eval(self, recipe: Recipe, rd: RunDir, heldout: str | None) -> dict:
         return eval_task(recipe, rd, heldout)
 
+    def export(self, recipe: Recipe, rd: RunDir):
+        return export_task(recipe, rd)
+
     def after(self, step: str, recipe: Recipe, rd: RunDir, result: Any) -> None:
+        if step == "export":
+            publish_export(recipe, result)
+            return
         if step == "curate":
             sharded = getattr(self.executor, "sharded", None)  # a sharded executor names what it sharded
             note = f" (sharded: {', '.join(sharded)})" if sharded is not None else ""
