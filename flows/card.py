@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
-from pydantic import ValidationError
 
 from curation.decontam import DecontamFigures
 from curation.dedup import DedupFigures
@@ -27,8 +26,10 @@ from curation.mix import MixFigures
 from curation.pipeline import CurateSummary
 from curation.quality.stage import QualityFigures
 from curation.rundir import RunDir
-from curation.stats import Figures, StageStats
-from flows.report import load_stages, read_output_columns, run_name
+from curation.stats import StageStats
+
+# the report's readers of a run: one way to read stage figures and output columns
+from flows.report import _figures, _stage, load_stages, read_output_columns, run_name
 
 if TYPE_CHECKING:
     from flows.export import ExportConfig
@@ -58,20 +59,6 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
-
-
-def _figures(stages: list[StageStats], name: str, model: type[Figures]) -> Any:
-    st = next((s for s in stages if s.stage == name), None)
-    if st is None:
-        return None
-    try:
-        return st.figures(model)
-    except ValidationError:
-        return None
-
-
-def _stage(stages: list[StageStats], name: str) -> StageStats | None:
-    return next((s for s in stages if s.stage == name), None)
 
 
 def front_matter(cfg: ExportConfig, data_files: dict[str, str], rows: dict[str, int], langs: list[str],
