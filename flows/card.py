@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import yaml
@@ -30,9 +30,6 @@ from curation.stats import StageStats
 
 # the report's readers of a run: one way to read stage figures and output columns
 from flows.report import _figures, _stage, load_stages, read_output_columns, run_name
-
-if TYPE_CHECKING:
-    from flows.export import ExportConfig
 
 #: the hub's size categories, by row count
 _SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -61,11 +58,11 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
-def front_matter(cfg: ExportConfig, data_files: dict[str, str], rows: dict[str, int], langs: list[str],
+def front_matter(licenses: list[str], data_files: dict[str, str], rows: dict[str, int], langs: list[str],
                  pretty_name: str) -> dict[str, Any]:
-    """The hub's card metadata."""
+    """The hub's card metadata (``license: unknown`` when the sources' licenses were not given)."""
     meta: dict[str, Any] = {
-        "license": (cfg.license[0] if len(cfg.license) == 1 else list(cfg.license)) if cfg.license else "unknown",
+        "license": (licenses[0] if len(licenses) == 1 else list(licenses)) if licenses else "unknown",
         "language": langs or ["en"],
         "size_categories": [size_category(sum(rows.values()))],
         "task_categories": ["text-generation"],
@@ -77,9 +74,10 @@ def front_matter(cfg: ExportConfig, data_files: dict[str, str], rows: dict[str, 
     return meta
 
 
-def dataset_card(rd: RunDir, cfg: ExportConfig, data_files: dict[str, str], rows: dict[str, int], *,
-                 text_rows: bool = False) -> str:
-    """The whole ``README.md`` of an export of ``rd``."""
+def dataset_card(rd: RunDir, data_files: dict[str, str], rows: dict[str, int], *, licenses: list[str],
+                 pretty_name: str | None = None, repo_id: str | None = None, text_rows: bool = False) -> str:
+    """The whole ``README.md`` of an export of ``rd``: ``data_files`` / ``rows`` per split, the sources'
+    ``licenses``, the hub ``repo_id`` it goes to (for the usage example), ``text_rows``: plain-text rows kept."""
     summary = CurateSummary.model_validate(read_json(rd.curate.summary))
     stages = load_stages(rd.root)
     output = read_output_columns(rd.curate.output)
@@ -88,10 +86,10 @@ def dataset_card(rd: RunDir, cfg: ExportConfig, data_files: dict[str, str], rows
     name = run_name(rd.root)
     langs = [k for k, _ in sorted((output["counts"].get("lang") or {}).items(), key=lambda kv: -kv[1])
              if k not in ("other", "None", "")]
-    pretty = cfg.pretty_name or f"{name} (curated with sftflow)"
-    meta = front_matter(cfg, data_files, rows, langs, pretty)
+    pretty = pretty_name or f"{name} (curated with sftflow)"
+    meta = front_matter(licenses, data_files, rows, langs, pretty)
     parts = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(), "---", "", f"# {pretty}", ""]
-    parts += _intro(rd, summary, rows, text_rows, name, cfg)
+    parts += _intro(summary, rows, text_rows, name, licenses, repo_id)
     for section in (_sources(stages, output), _funnel(summary), _dedup(stages), _quality(stages),
                     _decontam(stages), _mix(stages), _scores(output), _verdict(rd, recipe)):
         if section:
@@ -100,8 +98,8 @@ def dataset_card(rd: RunDir, cfg: ExportConfig, data_files: dict[str, str], rows
     return "\n".join(parts).rstrip() + "\n"
 
 
-def _intro(rd: RunDir, summary: CurateSummary, rows: dict[str, int], text_rows: bool, name: str,
-           cfg: ExportConfig) -> list[str]:
+def _intro(summary: CurateSummary, rows: dict[str, int], text_rows: bool, name: str, licenses: list[str],
+           repo_id: str | None) -> list[str]:
     split_txt = ", ".join(f"`{s}` {n:,}" for s, n in rows.items())
     lines = [
         f"Instruction data curated by sftflow from the recipe `{name}`: "
@@ -119,16 +117,16 @@ def _intro(rd: RunDir, summary: CurateSummary, rows: dict[str, int], text_rows: 
         "",
         "```python",
         "from datasets import load_dataset",
-        f'ds = load_dataset("{cfg.push_to_hub or "path/to/this/folder"}")',
+        f'ds = load_dataset("{repo_id or "path/to/this/folder"}")',
         'ds["train"][0]["messages"]',
         "```",
         "",
     ]
-    if not cfg.license:
+    if not licenses:
         lines += ["**License: unknown** — the run's recipe did not name the sources' licenses (`export.license`, "
                   "or `sftflow export --license`). Check each source's license before sharing.", ""]
     else:
-        lines += [f"License(s) of the sources: {', '.join(f'`{x}`' for x in cfg.license)}; the curated set "
+        lines += [f"License(s) of the sources: {', '.join(f'`{x}`' for x in licenses)}; the curated set "
                   "inherits them.", ""]
     return lines
 

@@ -182,8 +182,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     with atomic_dir(dest) as tmp:
         rows = {name: write_split(src, tmp / data_file(name, cfg.format), cfg.format, keep_text)
                 for name, src in splits.items()}
-        card = dataset_card(rd, cfg, {name: data_file(name, cfg.format) for name in splits}, rows,
-                            text_rows=keep_text)
+        card = dataset_card(rd, {name: data_file(name, cfg.format) for name in splits}, rows, licenses=cfg.license,
+                            pretty_name=cfg.pretty_name, repo_id=cfg.push_to_hub, text_rows=keep_text)
         (tmp / "README.md").write_text(card, encoding="utf-8")
     if cfg.push_to_hub:
         push_to_hub(dest, cfg.push_to_hub, private=cfg.private)
