@@ -25,10 +25,11 @@ def mc_predictions(lls: list[float], choice_texts: list[str]) -> tuple[int, int]
 
 
 def sftflow_predictions(
-    model, tokenizer, items: dict[str, list[Item]], batch_size: int = 16
+    model, tokenizer, items: dict[str, list[Item]], batch_size: int = 16, **scorer_options
 ) -> dict[str, list]:
-    """Per task, per item: (acc pred, acc_norm pred) from :class:`evals.scoring.Scorer`."""
-    scorer = Scorer(tokenizer, batch_size=batch_size)
+    """Per task, per item: (acc pred, acc_norm pred) from :class:`evals.scoring.Scorer` (``scorer_options``:
+    e.g. ``row_tokens`` / ``batch_tokens`` of the packing)."""
+    scorer = Scorer(tokenizer, batch_size=batch_size, **scorer_options)
     out = {}
     for task, its in items.items():
         res = scorer.loglikelihood([r for it in its for r in it.requests], {"m": fixed_view(model)})["m"]

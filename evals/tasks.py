@@ -157,30 +157,75 @@ def load_task_spec(name: str) -> TaskSpec:
         raise TaskSpecError(f"{path}: {errs}") from None
 
 
-def load_suites() -> dict[str, dict[str, int | None]]:
-    """``{suite: {task: item budget or None for all}}`` from ``evals/tasks/suites.yaml``."""
-    raw = yaml.safe_load((TASKS_DIR / "suites.yaml").read_text(encoding="utf-8"))
-    return {name: {t: (n if n is None else int(n)) for t, n in tasks.items()} for name, tasks in raw.items()}
+@dataclass(frozen=True, slots=True)
+class SuitePlan:
+    """What a suite runs: per task an item cap (None = all), and how the gated tasks share items.
 
-
-def resolve_suite(suite: str, limit: int | None = None) -> dict[str, int | None]:
-    """Tasks and per-task item counts for a suite name or a comma-separated list of task names.
-
-    ``limit`` caps every task (it replaces the suite's budget when smaller, or fills it when unset).
+    ``budget``: items per model shared by the gated tasks that turn out informative (each gets an equal
+    share, up to its cap; a task that cannot use its share leaves it to the others). ``screen``: items the
+    base model answers first, per gated task, to tell whether the task is informative (its accuracy above
+    chance). Both None = every task runs its cap.
     """
-    suites = load_suites()
-    if suite in suites:
-        plan = dict(suites[suite])
+
+    tasks: dict[str, int | None]
+    budget: int | None = None
+    screen: int | None = None
+
+
+def _suite_entry(name: str, raw: Any) -> SuitePlan:
+    where = f"{TASKS_DIR / 'suites.yaml'}: suite {name}"
+    if not isinstance(raw, dict):
+        raise TaskSpecError(f"{where}: expected a mapping of task -> items")
+    if "tasks" in raw:
+        unknown = set(raw) - {"tasks", "budget", "screen"}
+        if unknown:
+            raise TaskSpecError(f"{where}: unknown keys {sorted(unknown)} (allowed: tasks, budget, screen)")
+        tasks, budget, screen = raw["tasks"], raw.get("budget"), raw.get("screen")
+    else:
+        tasks, budget, screen = raw, None, None
+    return SuitePlan(
+        {t: (n if n is None else int(n)) for t, n in (tasks or {}).items()},
+        None if budget is None else int(budget),
+        None if screen is None else int(screen),
+    )
+
+
+def load_suite_plans() -> dict[str, SuitePlan]:
+    """Every suite of ``evals/tasks/suites.yaml``."""
+    raw = yaml.safe_load((TASKS_DIR / "suites.yaml").read_text(encoding="utf-8"))
+    return {name: _suite_entry(name, entry) for name, entry in raw.items()}
+
+
+def load_suites() -> dict[str, dict[str, int | None]]:
+    """``{suite: {task: item cap or None for all}}`` from ``evals/tasks/suites.yaml``."""
+    return {name: plan.tasks for name, plan in load_suite_plans().items()}
+
+
+def suite_plan(suite: str, limit: int | None = None) -> SuitePlan:
+    """The plan of a suite name or a comma-separated list of task names (no budget, no screening).
+
+    ``limit`` caps every task (it replaces the suite's cap when smaller, or fills it when unset).
+    """
+    plans = load_suite_plans()
+    if suite in plans:
+        plan = plans[suite]
+        tasks = dict(plan.tasks)
     else:
         names = [s.strip() for s in suite.split(",") if s.strip()]
         if not names:
             raise TaskSpecError(f"empty eval suite {suite!r}")
         for n in names:
             load_task_spec(n)  # clear error for an unknown name
-        plan = dict.fromkeys(names)
+        plan = SuitePlan({})
+        tasks = dict.fromkeys(names)
     if limit is not None:
-        plan = {t: (limit if n is None else min(n, limit)) for t, n in plan.items()}
-    return plan
+        tasks = {t: (limit if n is None else min(n, limit)) for t, n in tasks.items()}
+    return SuitePlan(tasks, plan.budget, plan.screen)
+
+
+def resolve_suite(suite: str, limit: int | None = None) -> dict[str, int | None]:
+    """Tasks and per-task item caps for a suite name or a comma-separated list of task names."""
+    return suite_plan(suite, limit).tasks
 
 
 # ------------------------------------------------------------------------------------------------
@@ -411,30 +456,60 @@ def _fewshot_example(spec: TaskSpec, doc: dict[str, Any], hub: bool) -> str:
     return context + continuation
 
 
+class TaskData:
+    """The rows of one task, read once: filtered, few-shot exemplars set aside, ready to sample and render."""
+
+    def __init__(self, name: str, data_dir: str | None = None):
+        self.spec = load_task_spec(name)
+        rows, self.hub = _read_rows(self.spec, data_dir if data_dir is not None else default_data_dir())
+        view = _spec_view(self.spec, self.hub)
+        indexed = list(enumerate(rows))
+        if view["filter"]:
+            kept = []
+            for i, r in indexed:
+                try:
+                    ok = render_value(view["filter"], r)
+                except Exception as e:
+                    raise TaskSpecError(
+                        f"task {self.spec.task}, row {i}: filter cannot render ({e})"
+                    ) from None
+                if ok is True or str(ok).strip().lower() == "true":
+                    kept.append((i, r))
+            indexed = kept
+        self.prefix = ""
+        if self.spec.num_fewshot:
+            shots, indexed = indexed[: self.spec.num_fewshot], indexed[self.spec.num_fewshot :]
+            self.prefix = "".join(
+                _fewshot_example(self.spec, r, self.hub) + self.spec.fewshot_delimiter for _, r in shots
+            )
+        self._rows = indexed
+        # one seeded order of all rows: a sample of k is its first k, so smaller samples nest in larger
+        self._order = random.Random(self.spec.sample_seed).sample(range(len(indexed)), len(indexed))
+
+    @property
+    def size(self) -> int:
+        """Scorable items (after the filter and the few-shot exemplars)."""
+        return len(self._rows)
+
+    def items(self, limit: int | None = None) -> list[Item]:
+        """A seeded sample of ``limit`` items (all when None), in source order."""
+        chosen = (
+            self._rows
+            if limit is None or limit >= self.size
+            else [self._rows[i] for i in sorted(self._order[:limit])]
+        )
+        spec = self.spec
+        return [
+            build_item(
+                spec, r, str(r[spec.doc_to_id]) if spec.doc_to_id else str(i), self.prefix, hub=self.hub
+            )
+            for i, r in chosen
+        ]
+
+
 def load_items(name: str, data_dir: str | None = None, limit: int | None = None) -> list[Item]:
-    """The rendered items of task ``name``: filtered, few-shot exemplars removed, a seeded sample of ``limit``."""
-    spec = load_task_spec(name)
-    rows, hub = _read_rows(spec, data_dir if data_dir is not None else default_data_dir())
-    view = _spec_view(spec, hub)
-    indexed = list(enumerate(rows))
-    if view["filter"]:
-        kept = []
-        for i, r in indexed:
-            try:
-                ok = render_value(view["filter"], r)
-            except Exception as e:
-                raise TaskSpecError(f"task {spec.task}, row {i}: filter cannot render ({e})") from None
-            if ok is True or str(ok).strip().lower() == "true":
-                kept.append((i, r))
-        indexed = kept
-    prefix = ""
-    if spec.num_fewshot:
-        shots, indexed = indexed[: spec.num_fewshot], indexed[spec.num_fewshot :]
-        prefix = "".join(_fewshot_example(spec, r, hub) + spec.fewshot_delimiter for _, r in shots)
-    if limit is not None and limit < len(indexed):
-        rng = random.Random(spec.sample_seed)
-        indexed = sorted(rng.sample(indexed, limit), key=lambda x: x[0])
-    return [
-        build_item(spec, r, str(r[spec.doc_to_id]) if spec.doc_to_id else str(i), prefix, hub=hub)
-        for i, r in indexed
-    ]
+    """The rendered items of task ``name``: filtered, few-shot exemplars removed, a seeded sample of ``limit``.
+
+    Samples nest: the items of a smaller ``limit`` are among those of a larger one.
+    """
+    return TaskData(name, data_dir).items(limit)

@@ -27,9 +27,11 @@ from curation.pipeline import CurateSummary
 from curation.quality.stage import QualityFigures
 from curation.rundir import RunDir
 from curation.stats import StageStats
+from evals.verdict import Verdict
 
 # the report's readers of a run: one way to read stage figures and output columns
 from flows.report import _figures, _stage, load_stages, read_output_columns, run_name
+from flows.summary import verdict_table_markdown
 
 #: the hub's size categories, by row count
 _SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -261,21 +263,20 @@ def _verdict(rd: RunDir, recipe: dict[str, Any]) -> list[str]:
     """The regression gate of the model the run trained on this data (absent when it did not train+evaluate)."""
     if not rd.eval.verdict.exists():
         return []
-    v = read_json(rd.eval.verdict)
+    v = Verdict.load(rd.eval.verdict)
     train = recipe.get("train") or {}
     tr = read_json(rd.train.summary) if rd.train.summary.exists() else {}
     lines = ["## Did a model tuned on it get dumber?", "",
-             f"The run fine-tuned `{train.get('model')}` ({tr.get('method') or train.get('method')}, "
-             f"{_md(tr.get('steps'))} steps) on the `train` split and compared it with the base model on general "
-             f"benchmarks (paired, same items). Verdict: **{v.get('verdict')}** — {v.get('reason', '')}", ""]
-    rows = []
-    for task, t in (v.get("tasks") or {}).items():
-        if not isinstance(t, dict):
-            continue
-        rows.append([task, t.get("metric"), t.get("n"), t.get("base"), t.get("tuned"), t.get("delta"),
-                     f"[{_md(t.get('ci_low'))}, {_md(t.get('ci_high'))}]", t.get("p_value"), t.get("status")])
-    if rows:
-        lines.append(_table(["task", "metric", "n", "base", "tuned", "delta", "95% CI", "p", "status"], rows))
+             f"The run fine-tuned `{train.get('model') or v.base}` ({tr.get('method') or train.get('method')}, "
+             f"{_md(tr.get('steps'))} steps) on the `train` split and compared it with the base model on the same "
+             f"items of general benchmarks (paired tests, margin {v.margin:g}, alpha {v.alpha:g}). "
+             f"Verdict: **{v.verdict}** — {v.reason}", "", *verdict_table_markdown(v), "", f"_Rule:_ {v.verdict_rule}"]
+    if v.target is not None and v.target.n:
+        t = v.target
+        lines += ["", f"Held-out target task (n={t.n}): NLL per assistant token {_md(t.base_nll)} → "
+                  f"{_md(t.tuned_nll)} (gain {_md(t.gain)})."]
+    if v.recommendation:
+        lines += ["", f"Recommendation: {v.recommendation}"]
     return lines
 
 

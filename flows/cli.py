@@ -408,7 +408,9 @@ def _finish(rd, failed: Exception | None) -> None:
             f"{tr.get('device')}); outputs in {rd.train.root}"
         )
     if rd.eval.verdict.exists():
-        print_verdict(read_json(rd.eval.verdict), out_console)
+        from evals.verdict import Verdict
+
+        print_verdict(Verdict.load(rd.eval.verdict), out_console)
     from flows.report import build_report
 
     report = build_report(rd.root)

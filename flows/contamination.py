@@ -29,13 +29,13 @@ def stage_figures(stage_dirs: Iterable[str | Path]) -> dict[str, dict[str, Any]]
     return out
 
 
-def verdict_contamination(stage_dirs: Iterable[str | Path], verdict: dict[str, Any]) -> dict[str, Any]:
-    """The contamination block for ``verdict`` (the tasks it scored), from the stages that made the training data."""
+def verdict_contamination(stage_dirs: Iterable[str | Path], eval_tasks: Iterable[str]) -> dict[str, Any]:
+    """The contamination block for a verdict that scored ``eval_tasks``, from the stages that made the training data."""
     figures = stage_figures(stage_dirs)
     mix = figures.get("mix") or {}
     return contamination_block(
         figures.get("decontam"),
-        list(verdict.get("tasks") or {}),
+        list(eval_tasks),
         pool=mix.get("pool_decontam") or None,
         general_rows=int(mix.get("general_rows") or 0),
     )

@@ -56,44 +56,42 @@ def comparison_rows(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for a in arms:
         v, tr = a["verdict"], a["train"]
-        target = v.get("target") or {}
         row: dict[str, Any] = {
             "ratio": a["ratio"],
             "general_rows": a["mix"].rows_added,
             "train_loss": f"{tr.get('first_loss', float('nan')):.3f} → {tr.get('final_loss', float('nan')):.3f}",
-            "target_gain": target.get("delta"),
-            "verdict": v.get("verdict"),
+            "target_gain": v.target.gain if v.target else None,
+            "verdict": v.verdict,
         }
-        for name, t in v.get("tasks", {}).items():
-            row[name] = t.get("delta")
-            row[f"{name}_ci"] = [t.get("ci_low"), t.get("ci_high")]
-        rig = v.get("rigidity") or {}
-        row["distinct2_delta"] = (rig.get("delta") or {}).get("distinct_2") if isinstance(rig.get("delta"), dict) else None
+        for name, t in v.tasks.items():
+            test = t.test
+            row[name] = test.delta if test else None
+            row[f"{name}_ci"] = [test.ci_low, test.ci_high] if test else [None, None]
+        row["distinct2_delta"] = v.rigidity.delta.get("distinct_2") if v.rigidity else None
         rows.append(row)
     return rows
 
 
 def comparison_markdown(arms: list[dict[str, Any]], command: str) -> str:
-    tasks = list(arms[0]["verdict"].get("tasks", {}))
+    tasks = list(arms[0]["verdict"].tasks)
     head = ["replay ratio", "general rows", "train loss", "target-task gain"] + [f"Δ {t} [95% CI]" for t in tasks]
     head += ["verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in arms:
         v = a["verdict"]
-        target = v.get("target") or {}
         cells = [f"{a['ratio']:g}", str(a["mix"].rows_added),
                  f"{a['train'].get('first_loss', 0):.3f} → {a['train'].get('final_loss', 0):.3f}",
-                 _num(target.get("delta"))]
+                 _num(v.target.gain if v.target else None)]
         for t in tasks:
-            r = v["tasks"][t]
-            cells.append(f"{_num(r.get('delta'))} [{_num(r.get('ci_low'))}, {_num(r.get('ci_high'))}]")
-        cells.append(str(v.get("verdict")))
+            r = v.tasks[t].test
+            cells.append(f"{_num(r.delta)} [{_num(r.ci_low)}, {_num(r.ci_high)}]" if r else "-")
+        cells.append(str(v.verdict))
         lines.append("| " + " | ".join(cells) + " |")
     rig_lines = []
     for a in arms:
-        rig = a["verdict"].get("rigidity") or {}
-        tuned = rig.get("tuned") or {}
-        base = rig.get("base") or {}
+        rig = a["verdict"].rigidity
+        tuned = rig.tuned if rig else {}
+        base = rig.base if rig else {}
         if tuned:
             rig_lines.append(
                 f"| {a['ratio']:g} | " + " | ".join(
@@ -127,16 +125,16 @@ def plot(arms: list[dict[str, Any]], path: Path) -> Path | None:
         return None
     ratios = [a["ratio"] for a in arms]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    tasks = list(arms[0]["verdict"].get("tasks", {}))
+    tasks = [t for t in arms[0]["verdict"].tasks if all(a["verdict"].tasks[t].test for a in arms)]
     for t in tasks:
-        d = [a["verdict"]["tasks"][t].get("delta") or 0 for a in arms]
-        lo = [a["verdict"]["tasks"][t].get("ci_low") or 0 for a in arms]
-        hi = [a["verdict"]["tasks"][t].get("ci_high") or 0 for a in arms]
+        d = [a["verdict"].tasks[t].test.delta for a in arms]
+        lo = [a["verdict"].tasks[t].test.ci_low for a in arms]
+        hi = [a["verdict"].tasks[t].test.ci_high for a in arms]
         ax.errorbar(ratios, d, yerr=[[x - y for x, y in zip(d, lo, strict=True)], [y - x for x, y in zip(d, hi, strict=True)]],
                     marker="o", capsize=3, label=t, alpha=0.8)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("replay ratio (share of general data)")
-    ax.set_ylabel("accuracy delta (tuned - base)")
+    ax.set_ylabel("delta of the gate's score (tuned - base)")
     ax.set_title("General capability after narrow SFT vs replay ratio")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -20,10 +20,11 @@ from prefect.cache_policies import NO_CACHE
 from curation.pipeline import CurateSummary
 from curation.rundir import RunDir
 from curation.runner import Executor
+from evals.verdict import Verdict
 from flows import runner
 from flows.artifacts import artifact_key, publish_export, publish_report, publish_training
 from flows.recipe import Recipe, load_recipe
-from flows.summary import curate_markdown, eval_markdown, funnel_rows, train_markdown
+from flows.summary import curate_markdown, eval_markdown, funnel_rows, train_markdown, verdict_rows
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -54,7 +55,7 @@ def train_task(recipe: Recipe, data: str, rd: RunDir, resume: bool) -> dict:
 
 
 @task(name="regression-eval", **_TASK)
-def eval_task(recipe: Recipe, rd: RunDir, heldout: str | None) -> dict:
+def eval_task(recipe: Recipe, rd: RunDir, heldout: str | None) -> Verdict:
     return runner.step_eval(recipe, rd, heldout)
 
 
@@ -78,7 +79,7 @@ class PrefectSteps(runner.Steps):
     def train(self, recipe: Recipe, data: str, rd: RunDir, resume: bool) -> dict:
         return train_task(recipe, data, rd, resume)
 
-    def eval(self, recipe: Recipe, rd: RunDir, heldout: str | None) -> dict:
+    def eval(self, recipe: Recipe, rd: RunDir, heldout: str | None) -> Verdict:
         return eval_task(recipe, rd, heldout)
 
     def export(self, recipe: Recipe, rd: RunDir):
@@ -103,17 +104,17 @@ class PrefectSteps(runner.Steps):
         elif step == "eval":
             create_markdown_artifact(key=artifact_key(recipe, "eval-verdict"), markdown=eval_markdown(result),
                                      description=f"Before/after eval of {recipe.name}")
-            rows = [{"task": k, **{m: v.get(m) for m in ("base", "tuned", "delta", "ci_low", "ci_high", "p_value",
-                                                           "n")}}
-                    for k, v in result.get("tasks", {}).items()]
+            rows = [{k: (", ".join(f"{x:+.4f}" for x in v) if isinstance(v, list) else v) for k, v in row.items()}
+                    for row in verdict_rows(result)]
             create_table_artifact(key=artifact_key(recipe, "eval-tasks"), table=rows,
-                                  description="per-task before/after")
+                                  description="per-task before/after: accuracy + McNemar, gold-answer probability + "
+                                              "sign-flip, Holm; the suite-level test last")
         if step != "split":
             publish_report(recipe, rd.root)  # after eval too: a failed gate still has its report
 
-    def gate_outcome(self, recipe: Recipe, verdict: dict, outcome: str) -> None:
+    def gate_outcome(self, recipe: Recipe, verdict: Verdict, outcome: str) -> None:
         if outcome == "warn":
-            get_run_logger().warning("regression gate: verdict %s (recipe says warn)", verdict.get("verdict"))
+            get_run_logger().warning("regression gate: verdict %s (recipe says warn)", verdict.verdict)
 
 
 @flow(name="curate", log_prints=True)
@@ -131,7 +132,7 @@ def sft_flow(recipe: str | Recipe, run_dir: str, resume: bool = False, overrides
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_flow(recipe: str | Recipe, run_dir: str, overrides: list[str] | None = None) -> dict:
+def evaluate_flow(recipe: str | Recipe, run_dir: str, overrides: list[str] | None = None) -> Verdict:
     """Before/after regression eval of a trained run folder, then the gate (may fail the flow)."""
     r = _recipe(recipe, overrides)
     if r.eval is None:

@@ -43,6 +43,7 @@ from curation.mix import MixFigures
 from curation.pipeline import CurateSummary
 from curation.rundir import RunDir
 from curation.stats import Figures, StageStats
+from evals.verdict import Verdict, VerdictFileError
 
 #: dropped rows shown per (stage, reason)
 EXAMPLES_PER_REASON = 3
@@ -94,6 +95,20 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _read_verdict(path: Path) -> Verdict | str | None:
+    """The typed verdict; a one-line problem (older format, unreadable) as a string; None when absent."""
+    if not path.exists():
+        return None
+    try:
+        return Verdict.load(path)
+    except VerdictFileError as e:
+        return str(e)
+
+
+def _verdict_name(v: Verdict | str | None) -> str | None:
+    return v.verdict if isinstance(v, Verdict) else None
 
 
 def _num(v: Any) -> float | None:
@@ -305,7 +320,7 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         "output": read_output_columns(rd.curate.output),
         "train": _read_json(rd.train.summary),
         "train_log": read_train_log(rd.train.log),
-        "verdict": _read_json(rd.eval.verdict),
+        "verdict": _read_verdict(rd.eval.verdict),
         "replay": _read_json(rd.replay_json),
     }
 
@@ -333,7 +348,7 @@ def key_figures(run: dict[str, Any]) -> dict[str, Any]:
     task_counts = run["output"]["counts"].get("task_type") or _counts(_get(_extra(stages, "select"), "after",
                                                                            "task_types"))
     train = _dict(run["train"])
-    verdict = _dict(run["verdict"])
+    verdict = _verdict_name(run["verdict"])
     return {
         "run_dir": str(Path(run["run_dir"]).resolve()),
         "run": Path(run["run_dir"]).name,
@@ -345,7 +360,7 @@ def key_figures(run: dict[str, Any]) -> dict[str, Any]:
         "mean_complexity": round(float(scores["complexity"].mean()), 4) if "complexity" in scores else None,
         "task_type_entropy": round(entropy_bits(task_counts), 4) if task_counts else None,
         "final_loss": _num(train.get("final_loss")),
-        "verdict": verdict.get("verdict"),
+        "verdict": verdict,
         "fingerprint": summary.fingerprint if summary else None,
     }
 
@@ -488,7 +503,7 @@ def _messages_html(record: dict[str, Any]) -> str:
 
 
 def _overview(run: dict[str, Any], figures: dict[str, Any]) -> str:
-    verdict = _dict(run["verdict"]).get("verdict")
+    verdict = _verdict_name(run["verdict"])
     badge = (f'<span class="badge v-{esc(str(verdict).lower())}">{esc(verdict)}</span>' if verdict
              else '<span class="badge v-none">no eval</span>')
     recipe = _dict(run["info"].get("recipe"))
@@ -670,10 +685,12 @@ def _contamination(run: dict[str, Any]) -> str:
     fig = _figures(run["stages"], "decontam", DecontamFigures)
     mix = _figures(run["stages"], "mix", MixFigures)
     pool = mix.pool_decontam if mix is not None else None
-    verdict = _dict(run["verdict"])
-    block = _dict(verdict.get("contamination"))
-    if not block and (st is not None or verdict):
-        block = contamination_block(fig, list(_dict(verdict.get("tasks"))),
+    verdict = run["verdict"] if isinstance(run["verdict"], Verdict) else None
+    block: dict[str, Any] = {}
+    if verdict is not None and verdict.contamination is not None:
+        block = verdict.contamination.model_dump()
+    elif st is not None or verdict is not None:
+        block = contamination_block(fig, list(verdict.tasks) if verdict is not None else [],
                                     pool=pool.model_dump() if pool is not None else None,
                                     general_rows=mix.general_rows if mix is not None else 0)
     parts = []
@@ -861,59 +878,76 @@ def _training(run: dict[str, Any], figure: _Figures) -> str:
 def _eval(run: dict[str, Any], figure: _Figures) -> str:
     import plotly.graph_objects as go
 
-    v = _dict(run["verdict"])
-    if not v:
+    from flows.summary import verdict_rows
+
+    v = run["verdict"]
+    if isinstance(v, str):
+        return f'<p class="warn">{esc(v)}</p>'
+    if v is None:
         return _not_run("Eval")
-    verdict = v.get("verdict")
-    parts = [f'<p class="verdict">Verdict: <span class="badge v-{esc(str(verdict).lower())}">{esc(verdict)}</span> '
-             f"{esc(v.get('reason'))}</p>"]
-    if v.get("recommendation"):
-        parts.append(f'<p class="warn"><b>Recommendation:</b> {esc(v["recommendation"])}</p>')
-    tasks = {k: t for k, t in _dict(v.get("tasks")).items() if isinstance(t, dict)}
-    if tasks:
-        rows = [[k, t.get("metric"), t.get("n"), _num(t.get("base")), _num(t.get("tuned")), _num(t.get("delta")),
-                 f"[{fmt(_num(t.get('ci_low')))}, {fmt(_num(t.get('ci_high')))}]", _num(t.get("p_value")),
-                 t.get("status") or ("not gated" if t.get("gated") is False else "")] for k, t in tasks.items()]
-        parts.append(_table(["task", "metric", "n", "base", "tuned", "delta", "95% CI", "p", "status"], rows))
-        names = list(tasks)
-        delta = [_num(tasks[k].get("delta")) for k in names]
-        lo = [_num(tasks[k].get("ci_low")) for k in names]
-        hi = [_num(tasks[k].get("ci_high")) for k in names]
-        ok = [d is not None and a is not None and b is not None for d, a, b in zip(delta, lo, hi, strict=True)]
-        fig = go.Figure(go.Scatter(
-            y=[_label(n) for n, k in zip(names, ok, strict=True) if k],
-            x=[d for d, k in zip(delta, ok, strict=True) if k], mode="markers", marker={"size": 10, "color": "#2563eb"},
-            error_x={"type": "data", "symmetric": False,
-                     "array": [h - d for h, d, k in zip(hi, delta, ok, strict=True) if k],
-                     "arrayminus": [d - low for low, d, k in zip(lo, delta, ok, strict=True) if k]}))
-        margin = _num(_get(v, "config", "margin"))
-        fig.add_vline(x=0, line_color="#374151")
-        if margin:
-            fig.add_vline(x=-margin, line_dash="dash", line_color="#dc2626",
-                          annotation_text=f"-margin {fmt(margin)}", annotation_position="top")
-        fig.update_yaxes(autorange="reversed")  # the table's order, top to bottom
-        parts.append(figure(fig.update_layout(title="tuned − base, with 95% CI", xaxis_title="delta"),
-                            height=120 + 40 * len(names)))
-    target = _dict(v.get("target"))
-    if target:
+    parts = [f'<p class="verdict">Verdict: <span class="badge v-{esc(v.verdict.lower())}">{esc(v.verdict)}</span> '
+             f"{esc(v.reason)}</p>"]
+    if v.recommendation:
+        parts.append(f'<p class="warn"><b>Recommendation:</b> {esc(v.recommendation)}</p>')
+    rows = verdict_rows(v)
+    if rows:
+        def ci(pair: list[float] | None) -> str:
+            return "–" if not pair else f"[{fmt(pair[0])}, {fmt(pair[1])}]"
+
+        table = [[r["task"], r["status"], r["n"], r["metric"], r["base_acc"], r["tuned_acc"], r["acc_delta"],
+                  ci(r["acc_ci"]), r["acc_p"], r["prob_delta"], ci(r["prob_ci"]), r["prob_p"], r["p_holm"]]
+                 for r in rows]
+        parts.append(_table(["task", "status", "n", "metric", "base acc", "tuned acc", "acc Δ", "acc 95% CI",
+                             "p (McNemar)", "prob Δ", "prob 95% CI", "p (sign-flip)", "p Holm"], table))
+        tested = [r for r in rows if r["prob_ci"] or r["acc_ci"]]
+        names = [r["task"] for r in tested]
+        delta = [r["prob_delta"] if r["prob_ci"] else r["acc_delta"] for r in tested]
+        lo = [(r["prob_ci"] or r["acc_ci"])[0] for r in tested]
+        hi = [(r["prob_ci"] or r["acc_ci"])[1] for r in tested]
+        if tested:
+            fig = go.Figure(go.Scatter(
+                y=[_label(n) for n in names], x=delta, mode="markers", marker={"size": 10, "color": "#2563eb"},
+                error_x={"type": "data", "symmetric": False, "array": [h - d for h, d in zip(hi, delta, strict=True)],
+                         "arrayminus": [d - low for low, d in zip(lo, delta, strict=True)]}))
+            fig.add_vline(x=0, line_color="#374151")
+            fig.add_vline(x=-v.margin, line_dash="dash", line_color="#dc2626",
+                          annotation_text=f"-margin {fmt(v.margin)}", annotation_position="top")
+            fig.update_yaxes(autorange="reversed")  # the table's order, top to bottom
+            parts.append(figure(fig.update_layout(
+                title=f"tuned − base ({v.gate_score} where the task has choices), with 95% CI", xaxis_title="delta"),
+                height=120 + 40 * len(names)))
+    if v.uninformative:
+        parts.append('<p class="note">Uninformative (base model at chance, left out of the gate): '
+                     + esc("; ".join(f"{t}: {v.tasks[t].note}" for t in v.uninformative)) + "</p>")
+    target = v.target
+    if target is not None:
+        d = target.model_dump()
         parts.append("<h3>Target task (held-out curated data)</h3>" + _kv_table(
-            target, [k for k in ("n", "metric", "base_nll", "tuned_nll", "gain", "ci_low", "ci_high",
-                                 "base_perplexity", "tuned_perplexity", "note") if k in target]))
-    rig = _dict(v.get("rigidity"))
-    if rig:
-        b, t, d = _dict(rig.get("base")), _dict(rig.get("tuned")), _dict(rig.get("delta"))
-        rows = [[k, _num(b.get(k)), _num(t.get(k)), _num(d.get(k))] for k in b if _num(b.get(k)) is not None]
-        parts.append("<h3>Rigidity of open-ended answers</h3>" + _table(["metric", "base", "tuned", "delta"], rows))
-        for ex in _list(rig.get("examples"))[:4]:
-            if isinstance(ex, dict):
-                parts.append(f'<div class="example"><div class="detail">{esc(_cut(ex.get("prompt"), 300))}</div>'
-                             f'<div class="cols"><div><span class="role">base</span><pre>{esc(_cut(ex.get("base"), 400))}'
-                             f'</pre></div><div><span class="role">tuned</span><pre>{esc(_cut(ex.get("tuned"), 400))}'
-                             "</pre></div></div></div>")
-    if v.get("skipped"):
-        parts.append(f'<p class="warn">Skipped tasks: {esc(", ".join(_dict(v["skipped"])))}</p>')
-    if v.get("verdict_rule"):
-        parts.append(f'<p class="note">{esc(v["verdict_rule"])}</p>')
+            d, [k for k in ("n", "metric", "base_nll", "tuned_nll", "gain", "ci_low", "ci_high",
+                            "base_perplexity", "tuned_perplexity", "note") if d.get(k) is not None]))
+    rig = v.rigidity
+    if rig is not None:
+        rows_r = [[k, _num(rig.base.get(k)), _num(rig.tuned.get(k)), _num(rig.delta.get(k))] for k in rig.base
+                  if _num(rig.base.get(k)) is not None]
+        parts.append("<h3>Rigidity of open-ended answers</h3>" + _table(["metric", "base", "tuned", "delta"], rows_r))
+        for ex in rig.examples[:4]:
+            parts.append(f'<div class="example"><div class="detail">{esc(_cut(ex.get("prompt"), 300))}</div>'
+                         f'<div class="cols"><div><span class="role">base</span><pre>{esc(_cut(ex.get("base"), 400))}'
+                         f'</pre></div><div><span class="role">tuned</span><pre>{esc(_cut(ex.get("tuned"), 400))}'
+                         "</pre></div></div></div>")
+    if v.contamination is not None:
+        c = v.contamination
+        state = "decontaminated" if c.decontaminated else "NOT decontaminated"
+        parts.append(f'<p class="note">Training data {esc(state)}'
+                     + (f" (checked: {esc(', '.join(c.benchmarks_checked))})" if c.benchmarks_checked else "")
+                     + (f"; not checked: {esc(', '.join(c.eval_tasks_not_checked))}"
+                        if c.eval_tasks_not_checked else "") + " — see Contamination.</p>")
+    if v.skipped:
+        parts.append(f'<p class="warn">Skipped tasks: {esc(", ".join(v.skipped))}</p>')
+    if v.base_cache is not None and (v.base_cache.hits or v.base_cache.misses):
+        parts.append(f'<p class="note">Base-model results: {v.base_cache.hits} from the cache, '
+                     f"{v.base_cache.misses} computed.</p>")
+    parts.append(f'<p class="note">{esc(v.verdict_rule)}</p>')
     return "".join(parts)
 
 

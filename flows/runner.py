@@ -25,6 +25,7 @@ from curation.io import folder_lock, read_json, write_json
 from curation.pipeline import CurateSummary, curate, records_input, split_heldout
 from curation.rundir import RunDir
 from curation.runner import Executor
+from evals.verdict import Contamination, Verdict
 from flows.recipe import Recipe
 
 STEPS = ("curate", "split", "train", "eval", "gate")
@@ -76,7 +77,7 @@ def step_train(recipe: Recipe, data: str | os.PathLike, rd: RunDir, resume: bool
 
 
 def step_eval(recipe: Recipe, rd: RunDir, heldout: str | os.PathLike | None, progress=None,
-              curation: Sequence[str | os.PathLike] | None = None) -> dict:
+              curation: Sequence[str | os.PathLike] | None = None) -> Verdict:
     """Evaluate ``rd``'s trained model; the verdict gets a ``contamination`` block from the stages that made
     the training data (``curation``: stage folders, default ``rd``'s curation) and is rewritten with it."""
     from evals.run import evaluate
@@ -91,8 +92,9 @@ def step_eval(recipe: Recipe, rd: RunDir, heldout: str | os.PathLike | None, pro
     cfg = recipe.eval_config(**overrides)
     verdict = evaluate(cfg, recipe.train_config().model, str(rd.train.root), rd.eval.root, progress=progress)
     stage_dirs = rd.curate.stages() if curation is None else curation
-    verdict["contamination"] = verdict_contamination(stage_dirs, verdict)
-    write_json(rd.eval.verdict, verdict)
+    block = verdict_contamination(stage_dirs, list(verdict.tasks))
+    verdict = verdict.model_copy(update={"contamination": Contamination.model_validate(block)})
+    verdict.write(rd.eval.verdict)
     return verdict
 
 
@@ -105,12 +107,12 @@ def step_export(recipe: Recipe, rd: RunDir) -> Path:
     return export_run(rd.root, recipe.resolve(cfg.out) if cfg.out else None, cfg)
 
 
-def gate(recipe: Recipe, verdict: dict) -> str:
+def gate(recipe: Recipe, verdict: Verdict) -> str:
     """Apply the recipe's gate to a verdict: returns 'ok' / 'warn', raises GateFailed on 'fail'."""
-    v = verdict.get("verdict")
+    v = verdict.verdict
     action = {"REGRESSED": recipe.gate.on_regressed, "INCONCLUSIVE": recipe.gate.on_inconclusive}.get(v)
     if action == "fail":
-        rec = verdict.get("recommendation") or ""
+        rec = verdict.recommendation or ""
         raise GateFailed(f"regression gate: verdict {v}. {rec}".strip())
     return "warn" if action == "warn" else "ok"
 
@@ -141,7 +143,7 @@ class Steps:
     def train(self, recipe: Recipe, data: str, rd: RunDir, resume: bool) -> dict:
         return step_train(recipe, data, rd, resume)
 
-    def eval(self, recipe: Recipe, rd: RunDir, heldout: str | None) -> dict:
+    def eval(self, recipe: Recipe, rd: RunDir, heldout: str | None) -> Verdict:
         return step_eval(recipe, rd, heldout)
 
     def export(self, recipe: Recipe, rd: RunDir) -> Path:
@@ -150,7 +152,7 @@ class Steps:
     def after(self, step: Published, recipe: Recipe, rd: RunDir, result: Any) -> None:
         """Called after each step with its result (``run.json`` is already updated)."""
 
-    def gate_outcome(self, recipe: Recipe, verdict: dict, outcome: str) -> None:
+    def gate_outcome(self, recipe: Recipe, verdict: Verdict, outcome: str) -> None:
         """Called when the gate passed or warned (a failed gate raises :class:`GateFailed`)."""
 
 
@@ -168,7 +170,7 @@ class ProgressSteps(Steps):
         bar = step_bar(self.factory("train steps", recipe.train_config().max_steps))
         return step_train(recipe, data, rd, resume, progress=bar)
 
-    def eval(self, recipe: Recipe, rd: RunDir, heldout: str | None) -> dict:
+    def eval(self, recipe: Recipe, rd: RunDir, heldout: str | None) -> Verdict:
         return step_eval(recipe, rd, heldout, progress=eval_bars(self.factory))
 
 
@@ -245,5 +247,5 @@ def _train_and_eval(recipe: Recipe, rd: RunDir, steps: Steps, wanted: Sequence[s
     if recipe.eval is not None and "eval" in wanted:
         heldout = str(rd.split_heldout) if rd.split_heldout.exists() else None
         out["verdict"] = steps.eval(recipe, rd, heldout)
-        write_run_info(rd, recipe, verdict=out["verdict"].get("verdict"))
+        write_run_info(rd, recipe, verdict=out["verdict"].verdict)
         steps.after("eval", recipe, rd, out["verdict"])

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from curation.pipeline import CurateSummary
+from evals.verdict import Verdict
 
 
 def funnel_rows(summary: CurateSummary) -> list[dict[str, Any]]:
@@ -54,20 +55,103 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
-def eval_markdown(verdict: dict[str, Any]) -> str:
-    lines = [
-        f"# Verdict: **{verdict.get('verdict')}**",
-        "",
-        "| task | n | base | tuned | delta | 95% CI | p (McNemar) |",
-        "|---|---:|---:|---:|---:|---|---:|",
-    ]
-    for name, t in verdict.get("tasks", {}).items():
-        lines.append(
-            f"| {name} | {t.get('n')} | {_fmt(t.get('base'))} | {_fmt(t.get('tuned'))} | {_fmt(t.get('delta'))} "
-            f"| [{_fmt(t.get('ci_low'))}, {_fmt(t.get('ci_high'))}] | {_fmt(t.get('p_value'))} |"
+def _signed(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.4f}"
+
+
+def _ci(low: float | None, high: float | None) -> str:
+    return "-" if low is None or high is None else f"[{low:+.4f}, {high:+.4f}]"
+
+
+def _p(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2g}" if v < 0.001 else f"{v:.3f}"
+
+
+def verdict_rows(verdict: Verdict) -> list[dict[str, Any]]:
+    """One flat row per task (and one for the suite test): what the tables and artifacts show."""
+    rows = []
+    for name, t in verdict.tasks.items():
+        acc, prob = t.accuracy, t.prob
+        rows.append(
+            {
+                "task": name,
+                "status": t.status,
+                "n": t.n,
+                "metric": t.metric,
+                "base_acc": acc.base if acc else t.base_accuracy,
+                "tuned_acc": acc.tuned if acc else None,
+                "acc_delta": acc.delta if acc else None,
+                "acc_ci": [acc.ci_low, acc.ci_high] if acc else None,
+                "acc_p": acc.p_value if acc else None,
+                "prob_delta": prob.delta if prob else None,
+                "prob_ci": [prob.ci_low, prob.ci_high] if prob else None,
+                "prob_p": prob.p_value if prob else None,
+                "p_holm": t.test.p_holm if t.test else None,
+                "decisive": t.decisive if t.counted else None,
+                "chance": t.chance,
+                "note": t.note,
+            }
         )
-    if verdict.get("recommendation"):
-        lines += ["", f"**Recommendation:** {verdict['recommendation']}"]
+    if verdict.suite is not None:
+        s = verdict.suite.test
+        rows.append(
+            {
+                "task": f"suite ({len(verdict.suite.tasks)} tasks, equal weights)",
+                "status": verdict.suite.status,
+                "n": s.n,
+                "metric": s.score,
+                "base_acc": None,
+                "tuned_acc": None,
+                "acc_delta": None,
+                "acc_ci": None,
+                "acc_p": None,
+                "prob_delta": s.delta,
+                "prob_ci": [s.ci_low, s.ci_high],
+                "prob_p": s.p_value,
+                "p_holm": s.p_holm,
+                "decisive": verdict.gate_score,
+                "chance": None,
+                "note": verdict.suite.note,
+            }
+        )
+    return rows
+
+
+def _task_cells(r: dict[str, Any]) -> list[str]:
+    acc = f"{_fmt(r['base_acc'])} → {_fmt(r['tuned_acc'])}" if r["tuned_acc"] is not None else _fmt(r["base_acc"])
+    return [
+        r["task"],
+        r["status"],
+        str(r["n"]),
+        acc,
+        _signed(r["acc_delta"]) + (" " + _ci(*r["acc_ci"]) if r["acc_ci"] else ""),
+        _p(r["acc_p"]),
+        _signed(r["prob_delta"]) + (" " + _ci(*r["prob_ci"]) if r["prob_ci"] else ""),
+        _p(r["prob_p"]),
+        _p(r["p_holm"]),
+    ]
+
+
+_HEAD = ["task", "status", "n", "accuracy base → tuned", "acc Δ [95% CI]", "p (McNemar)", "prob Δ [95% CI]",
+         "p (sign-flip)", "p Holm"]
+
+
+def verdict_table_markdown(verdict: Verdict) -> list[str]:
+    """The per-task (and suite) before/after table as markdown lines (Prefect artifact, dataset card)."""
+    lines = ["| " + " | ".join(_HEAD) + " |", "|---|---|---:|---|---|---:|---|---:|---:|"]
+    for r in verdict_rows(verdict):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _task_cells(r)) + " |")
+    return lines
+
+
+def eval_markdown(verdict: Verdict) -> str:
+    lines = [f"# Verdict: **{verdict.verdict}**", "", verdict.reason, "", *verdict_table_markdown(verdict)]
+    if verdict.uninformative:
+        lines += ["", "Uninformative (base model at chance, left out of the gate): " + ", ".join(
+            f"{t} ({verdict.tasks[t].note})" for t in verdict.uninformative)]
+    if verdict.recommendation:
+        lines += ["", f"**Recommendation:** {verdict.recommendation}"]
+    lines += ["", f"_Rule:_ {verdict.verdict_rule}"]
     return "\n".join(lines)
 
 
@@ -99,35 +183,39 @@ def print_contamination(fig: Any, console: Console | None = None) -> None:
             console.print(f"  {bench} item {e['item']} ({e['field']}): \"{e['span'][:100]}\"", highlight=False)
 
 
-def print_verdict(verdict: dict[str, Any], console: Console | None = None) -> None:
+def print_verdict(verdict: Verdict, console: Console | None = None) -> None:
     console = console or Console()
-    colour = {"PASS": "green", "REGRESSED": "red"}.get(verdict.get("verdict"), "yellow")
-    t = Table(title="Before vs after fine-tuning")
-    for col in ("task", "n", "base", "tuned", "delta", "95% CI", "p"):
-        t.add_column(col, justify="left" if col == "task" else "right")
-    for name, r in verdict.get("tasks", {}).items():
-        t.add_row(name, str(r.get("n")), _fmt(r.get("base")), _fmt(r.get("tuned")), _fmt(r.get("delta")),
-                  f"[{_fmt(r.get('ci_low'))}, {_fmt(r.get('ci_high'))}]", _fmt(r.get("p_value")))
+    colour = {"PASS": "green", "REGRESSED": "red"}.get(verdict.verdict, "yellow")
+    t = Table(title=f"Before vs after fine-tuning (gate score: {verdict.gate_score}, margin {verdict.margin:g})")
+    for col in _HEAD:
+        t.add_column(col, justify="right" if col in ("n",) or col.startswith("p ") else "left")
+    for r in verdict_rows(verdict):
+        t.add_row(*_task_cells(r))
     console.print(t)
-    tg = verdict.get("target")
-    if tg:
+    tg = verdict.target
+    if tg and tg.n:
         console.print(
-            f"Target task (held-out curated data, n={tg.get('n')}): NLL per assistant token "
-            f"{_fmt(tg.get('base_nll'))} → {_fmt(tg.get('tuned_nll'))} (gain {_fmt(tg.get('gain'))}, "
-            f"95% CI [{_fmt(tg.get('ci_low'))}, {_fmt(tg.get('ci_high'))}])"
+            f"Target task (held-out curated data, n={tg.n}): NLL per assistant token "
+            f"{_fmt(tg.base_nll)} → {_fmt(tg.tuned_nll)} (gain {_fmt(tg.gain)}, "
+            f"95% CI [{_fmt(tg.ci_low)}, {_fmt(tg.ci_high)}])"
         )
-    rig = verdict.get("rigidity") or {}
-    if rig.get("base") and rig.get("tuned"):
+    elif tg and tg.note:
+        console.print(f"Target task: {tg.note}")
+    rig = verdict.rigidity
+    if rig is not None:
         keys = [k for k in ("distinct_1", "distinct_2", "self_similarity", "same_opening_share", "mean_length")
-                if k in rig["tuned"]]
+                if k in rig.tuned]
         console.print("Rigidity (base → tuned): " + ", ".join(
-            f"{k} {_fmt(rig['base'].get(k))} → {_fmt(rig['tuned'].get(k))}" for k in keys))
-    console.print(f"Verdict: [bold {colour}]{verdict.get('verdict')}[/]")
-    contamination = verdict.get("contamination") or {}
-    if contamination.get("warning"):
-        console.print(f"[yellow]contamination:[/] {contamination['warning']}", soft_wrap=True, highlight=False)
-    elif contamination.get("covers_eval"):
-        console.print(f"Training data decontaminated against every eval task (suite {contamination.get('suite')!r}, "
-                      f"{contamination.get('rows_removed', 0)} rows removed)", highlight=False)
-    if verdict.get("recommendation"):
-        console.print(f"Recommendation: {verdict['recommendation']}")
+            f"{k} {_fmt(rig.base.get(k))} → {_fmt(rig.tuned.get(k))}" for k in keys))
+    if verdict.base_cache is not None and (verdict.base_cache.hits or verdict.base_cache.misses):
+        c = verdict.base_cache
+        console.print(f"Base results: {c.hits} from cache, {c.misses} computed ({c.folder})")
+    console.print(f"Verdict: [bold {colour}]{verdict.verdict}[/] — {verdict.reason}")
+    cont = verdict.contamination
+    if cont is not None and cont.warning:
+        console.print(f"[yellow]contamination:[/] {cont.warning}", soft_wrap=True, highlight=False)
+    elif cont is not None and cont.covers_eval:
+        console.print(f"Training data decontaminated against every eval task (suite {cont.suite!r}, "
+                      f"{cont.rows_removed} rows removed)", highlight=False)
+    if verdict.recommendation:
+        console.print(f"Recommendation: {verdict.recommendation}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # OpenMP threads sleep instead of spinning while idle: with several torch processes on 2 cores (the Prefect
 # worker tests, subprocess CLI tests) spin-waiting made scoring ~100x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Eval results of base models are cached by content; tests start from an empty cache of their own (the
+# model aliases stay in the shared $SFTFLOW_CACHE, they are slow to build).
+os.environ.setdefault("SFTFLOW_EVAL_CACHE", tempfile.mkdtemp(prefix="sftflow-eval-cache-"))
 
 SHARED_DATA = Path(os.environ.get("SFTFLOW_DATA_DIR", REPO.parent / "shared" / "data"))
 

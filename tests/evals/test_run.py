@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -11,7 +9,9 @@ import torch
 from curation.io import write_records
 from curation.records import Record
 from evals.run import EvalConfig, evaluate
-from evals.tasks import DataUnavailableError
+from evals.scoring import Scorer, fixed_view
+from evals.tasks import DataUnavailableError, load_items
+from evals.verdict import Verdict
 from training.models import load_model
 
 
@@ -22,22 +22,28 @@ def _config(**kw) -> EvalConfig:
         "rigidity_prompts": 4,
         "max_new_tokens": 8,
         "data_dir": None,
+        # the tiny random model is at chance everywhere: count its tasks anyway to exercise the gate
+        "uninformative": "gate",
     }
     return EvalConfig(**{**base, **kw})
 
 
-def test_base_vs_itself_passes_and_writes_files(tmp_path):
+def test_base_vs_itself_on_few_items_is_not_called_non_inferior(tmp_path):
     calls = []
     verdict = evaluate(_config(), "tiny-random-llama", None, tmp_path, progress=lambda *a: calls.append(a))
-    assert verdict["verdict"] == "PASS"
-    assert verdict["comparison"] == "identical"
-    probe = verdict["tasks"]["general_probe"]
-    assert probe["n"] == 50 and probe["delta"] == 0.0 and probe["p_holm"] == 1.0
-    on_disk = json.loads((tmp_path / "verdict.json").read_text())
-    assert on_disk["verdict"] == "PASS" and on_disk["config"]["margin"] == 0.01
+    assert verdict.comparison == "identical"
+    probe = verdict.tasks["general_probe"]
+    assert probe.n == 50 and probe.prob.delta == 0.0 and probe.accuracy.delta == 0.0
+    # identical predictions on 50 items cannot rule out a one-point loss: no [0, 0] interval, no PASS
+    assert probe.accuracy.ci_low < -0.05 and probe.prob.ci_low < -0.05
+    assert probe.status != "non_inferior" and verdict.verdict == "INCONCLUSIVE"
+    assert verdict.suite is not None and verdict.suite.status == "undecided"
+    on_disk = Verdict.load(tmp_path / "verdict.json")
+    assert on_disk == verdict and on_disk.config["margin"] == 0.01
     items = pq.read_table(tmp_path / "items.parquet").to_pylist()
     assert len(items) == 50 and all(r["base_pred"] == r["tuned_pred"] for r in items)
-    assert verdict["rigidity"]["base"]["n"] == 4
+    assert all(0 < r["base_prob"] < 1 and r["base_prob"] == r["tuned_prob"] for r in items)
+    assert verdict.rigidity.base["n"] == 4
     assert any(c[0] == "general_probe" for c in calls)
 
 
@@ -54,15 +60,27 @@ def test_peft_adapter_is_toggled_in_one_model(tmp_path):
     tuned = evaluate(
         _config(rigidity=False), "tiny-random-llama", str(tmp_path / "train"), tmp_path / "tuned"
     )
-    assert tuned["comparison"] == "adapter_toggle"
+    assert tuned.comparison == "merged_adapter"
     base_rows = pq.read_table(tmp_path / "same" / "items.parquet").to_pylist()
     rows = pq.read_table(tmp_path / "tuned" / "items.parquet").to_pylist()
-    # the adapter-disabled view is exactly the base model
     assert [r["base_logprob"] for r in rows] == pytest.approx(
         [r["base_logprob"] for r in base_rows], abs=1e-4
     )
     assert any(abs(r["tuned_logprob"] - r["base_logprob"]) > 1e-3 for r in rows)
-    assert tuned["verdict"] in ("PASS", "REGRESSED", "INCONCLUSIVE")
+    # the merged copy scores exactly like the adapter applied on the fly
+    model, tok = load_model("tiny-random-llama")
+    from peft import PeftModel
+
+    peft = PeftModel.from_pretrained(model, str(tmp_path / "train" / "adapter")).eval()
+    items = load_items("general_probe")[:5]
+    on_the_fly = Scorer(tok).loglikelihood([r for it in items for r in it.requests], {"m": fixed_view(peft)})[
+        "m"
+    ]
+    merged = [r for r in rows if r["item"] in {it.id for it in items}]
+    assert [r["tuned_logprob"] for r in merged] == pytest.approx(
+        [on_the_fly[i * 4 + int(it.gold)].logprob for i, it in enumerate(items)], abs=1e-4
+    )
+    assert tuned.verdict in ("PASS", "REGRESSED", "INCONCLUSIVE")
 
 
 def test_load_trained_hook_and_target_eval(tmp_path):
@@ -91,11 +109,11 @@ def test_load_trained_hook_and_target_eval(tmp_path):
         load_trained=load_trained,
     )
     assert seen["args"] == ("some/training/out", "tiny-random-llama")
-    assert v["comparison"] == "two_models"
-    t = v["target"]
-    assert t["n"] == 4 and t["base_nll"] > 0 and t["tuned_nll"] > 0
-    assert t["gain"] == pytest.approx(t["base_nll"] - t["tuned_nll"])
-    assert t["ci_low"] <= t["gain"] <= t["ci_high"]
+    assert v.comparison == "two_models"
+    t = v.target
+    assert t.n == 4 and t.base_nll > 0 and t.tuned_nll > 0
+    assert t.gain == pytest.approx(t.base_nll - t.tuned_nll)
+    assert t.ci_low <= t.gain <= t.ci_high
 
 
 def test_clear_errors(tmp_path, monkeypatch):
@@ -110,16 +128,26 @@ def test_clear_errors(tmp_path, monkeypatch):
         None,
         tmp_path / "o2",
     )
-    assert "arc_easy" in v["skipped"] and "general_probe" in v["tasks"]
+    assert "arc_easy" in v.skipped and "general_probe" in v.tasks
 
 
 def test_quick_suite_on_shared_data(shared_data, tmp_path):
     v = evaluate(
-        _config(suite="quick", data_dir=str(shared_data), limit=6), "tiny-random-llama", None, tmp_path
+        _config(suite="quick", data_dir=str(shared_data), limit=6, uninformative="skip"),
+        "tiny-random-llama",
+        None,
+        tmp_path,
     )
-    assert v["verdict"] == "PASS"
-    assert set(v["tasks"]) >= {"arc_easy", "hellaswag", "mmlu_redux", "cmmlu", "wikitext2"}
-    assert v["tasks"]["wikitext2"]["gated"] is False and v["tasks"]["wikitext2"]["kl_to_base"] == 0.0
+    assert set(v.tasks) == {"arc_easy", "piqa", "winogrande", "mmlu_redux", "wikitext2"}
+    wiki = v.tasks["wikitext2"]
+    assert wiki.gated is False and wiki.status == "not_gated" and wiki.perplexity.kl_to_base == 0.0
+    # a task is uninformative exactly when the base model's accuracy interval is not above chance
+    gated = [t for t in v.tasks.values() if t.gated]
+    assert any(t.status == "uninformative" for t in gated)
+    for t in gated:
+        low, _ = t.base_accuracy_ci
+        assert (t.status == "uninformative") == (low <= t.chance), t
+    assert v.verdict == "INCONCLUSIVE"  # 6 items per task decide nothing
 
 
 def test_every_other_task_runs_end_to_end(shared_data, tmp_path):
@@ -130,13 +158,14 @@ def test_every_other_task_runs_end_to_end(shared_data, tmp_path):
         None,
         tmp_path,
     )
-    assert set(v["tasks"]) == set(tasks.split(","))
-    assert v["tasks"]["truthfulqa_mc2"]["test"] == "sign_flip"
-    assert 0 < v["tasks"]["truthfulqa_mc2"]["base"] < 1
+    assert set(v.tasks) == set(tasks.split(","))
+    mc2 = v.tasks["truthfulqa_mc2"]
+    assert mc2.accuracy.test == "sign_flip" and 0 < mc2.accuracy.base < 1
     rows = pq.read_table(tmp_path / "items.parquet").to_pylist()
     gsm = [r for r in rows if r["task"] == "gsm8k"]
     assert len(gsm) == 3 and all(r["base_pred"] == r["tuned_pred"] for r in gsm)
-    assert v["verdict"] == "PASS"
+    assert v.tasks["gsm8k"].prob is None and v.tasks["lambada"].prob is not None
+    assert v.verdict == "INCONCLUSIVE"  # 3 items per task decide nothing
 
 
 @pytest.mark.slow
@@ -152,8 +181,50 @@ def test_damaged_real_model_is_regressed(shared_data, tmp_path):
     tok.save_pretrained(tmp_path / "damaged")
     config = _config(suite="general_probe,arc_easy", limit=100, data_dir=str(shared_data), rigidity=False)
     v = evaluate(config, "smollm2-135m-instruct", str(tmp_path / "damaged"), tmp_path / "out")
-    assert v["comparison"] == "two_models"
-    arc = v["tasks"]["arc_easy"]
-    assert arc["delta"] < -0.1 and arc["p_holm"] < 0.05, arc
-    assert v["verdict"] == "REGRESSED"
-    assert "arc_easy" in v["reason"] and "replay ratio" in v["recommendation"]
+    assert v.comparison == "two_models"
+    arc = v.tasks["arc_easy"]
+    assert arc.accuracy.delta < -0.1 and arc.prob.delta < -0.1 and arc.prob.p_holm < 0.01, arc
+    assert arc.status == "regressed" and v.verdict == "REGRESSED"
+    assert "arc_easy" in v.reason and "replay ratio" in v.recommendation
+
+
+def test_allocate_shares_the_budget_equally_up_to_caps():
+    from evals.run import allocate
+
+    assert allocate({"a": 1000, "b": 1000, "c": 1000}, 600) == {"a": 200, "b": 200, "c": 200}
+    # a small task takes all it has, the others share the rest
+    assert allocate({"a": 50, "b": 1000, "c": 1000}, 600) == {"a": 50, "b": 275, "c": 275}
+    assert allocate({"a": 10, "b": 20}, 600) == {"a": 10, "b": 20}
+    assert sum(allocate({"a": 1000, "b": 1000, "c": 1000}, 601).values()) == 601
+    assert allocate({}, 100) == {}
+
+
+def test_screening_spends_the_budget_on_informative_tasks(shared_data, tmp_path):
+    """The tiny random model: tasks where it is not above chance get only their screening items."""
+    v = evaluate(
+        _config(
+            suite="arc_easy,piqa,winogrande",
+            data_dir=str(shared_data),
+            uninformative="skip",
+            budget=30,
+            screen=6,
+            rigidity=False,
+        ),
+        "tiny-random-llama",
+        None,
+        tmp_path,
+    )
+    rows = pq.read_table(tmp_path / "items.parquet").to_pylist()
+    for name, t in v.tasks.items():
+        n_rows = sum(r["task"] == name for r in rows)
+        assert t.n == n_rows
+        if t.status == "uninformative":
+            # screened out (chunks of 6, at most 4), or screened in and then not above chance on all of its share
+            assert t.n in (6, 12, 18, 24, 10, 15, 30) and t.accuracy is None
+            assert all(r["tuned_score"] is None and not r["in_gate"] for r in rows if r["task"] == name)
+        else:
+            assert t.n >= 10
+    # the budget (30 items) is shared by the tasks screened in: 30, 15 + 15 or 10 + 10 + 10
+    shares = [t.n for t in v.tasks.values() if t.n not in (6, 12, 18, 24)]
+    assert sum(shares) in (0, 30)
+    assert all(t.n in shares for t in v.tasks.values() if t.status != "uninformative")

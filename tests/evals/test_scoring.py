@@ -56,6 +56,44 @@ def test_batched_loglikelihood_matches_one_by_one(tiny, batch_size):
         assert r.n_tokens == len(encode_pair(tok, ctx, cont)[1])
 
 
+def test_prefix_trees_split_across_rows_and_batches_match_one_by_one(tiny, shared_data):
+    model, tok = tiny
+    from evals.tasks import load_items
+
+    # WinoGrande shares the sentence start between its two contexts; ARC shares a context between choices
+    items = load_items("winogrande", str(shared_data), 6) + load_items("arc_easy", str(shared_data), 6)
+    requests = [r for it in items for r in it.requests] + REQUESTS
+    scorer = Scorer(tok, row_tokens=40, batch_tokens=120)
+    res = scorer.loglikelihood(requests, {"m": fixed_view(model)})["m"]
+    for (ctx, cont), r in zip(requests, res, strict=True):
+        lp, greedy = _naive(model, tok, ctx, cont)
+        assert r.logprob == pytest.approx(lp, abs=1e-4)
+        assert r.is_greedy == greedy
+    # with the default row size, sharing prefixes runs fewer tokens than the requests hold (padding included)
+    total = sum(len(c) + len(x) - 1 for c, x in (encode_pair(tok, *q) for q in requests))
+    default = Scorer(tok)
+    default.loglikelihood(requests, {"m": fixed_view(model)})
+    assert default.tokens_run < 0.7 * total
+
+
+def test_pack_prefix_trees_shares_prefixes():
+    from evals.scoring import _Encoded, pack_prefix_trees
+
+    enc = [_Encoded([1, 2, 3, 4, 9], 1), _Encoded([1, 2, 3, 5, 8], 2), _Encoded([1, 2, 7], 1), _Encoded([6, 6], 1)]
+    rows = pack_prefix_trees(enc, capacity=100)
+    assert len(rows) == 1
+    t = rows[0]
+    # inputs [1,2,3,4], [1,2,3,5,?] -> [1,2,3,5], [1,2], [6]: shared nodes 1,2,3 once
+    assert sorted(t.tokens) == sorted([1, 2, 3, 4, 5, 6])
+    assert len(t.tokens) == 6 and t.depth[t.tokens.index(5)] == 3
+    preds = {i: (nodes, targets) for i, nodes, targets in t.requests}
+    assert [t.tokens[n] for n in preds[1][0]] == [3, 5] and preds[1][1] == [5, 8]
+    assert [t.tokens[n] for n in preds[2][0]] == [2] and preds[2][1] == [7]
+    # a capacity below the whole set starts new rows, never splitting one request
+    small = pack_prefix_trees(enc, capacity=4)
+    assert len(small) > 1 and sum(len(r.requests) for r in small) == 4
+
+
 def test_views_are_scored_separately(tiny):
     model, tok = tiny
     other, _ = load_model("tiny-random-llama")

@@ -89,9 +89,9 @@ def test_recipe_decontam_uses_eval_data_and_checks_the_mix_pool(tmp_path):
 def test_report_contamination_section(tmp_path, monkeypatch):
     """Rows removed per benchmark (training data and general pool), examples with spans, and the verdict's coverage."""
     import flows  # noqa: F401
-    from curation.io import write_json
     from curation.pipeline import curate
     from flows.report import build_report
+    from tests.evals.factories import make_verdict
 
     monkeypatch.setenv("SFTFLOW_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("SFTFLOW_HISTORY_DIR", str(tmp_path / "history"))
@@ -105,7 +105,7 @@ def test_report_contamination_section(tmp_path, monkeypatch):
     run = tmp_path / "run-1"
     curate([str(src)], [("decontam", dc), ("mix", {"general": [str(pool)], "ratio": 0.3, "decontam": dc})],
            run / "curate")
-    write_json(run / "eval" / "verdict.json", {"verdict": "PASS", "tasks": {"arc_easy": {"n": 1}, "piqa": {"n": 1}}})
+    make_verdict({"arc_easy": 0.0, "piqa": 0.0}).write(run / "eval" / "verdict.json")
     html = build_report(run).read_text(encoding="utf-8")
     sec = html.split('<section id="contamination">')[1].split("</section>")[0]
     assert "1 of 3 training rows removed" in sec and "1 rows of the general pool left out" in sec
@@ -114,7 +114,7 @@ def test_report_contamination_section(tmp_path, monkeypatch):
     # a run without a decontam stage warns
     plain = tmp_path / "run-2"
     curate([str(src)], [("quality", {})], plain / "curate")
-    write_json(plain / "eval" / "verdict.json", {"verdict": "PASS", "tasks": {"arc_easy": {"n": 1}}})
+    make_verdict({"arc_easy": 0.0}).write(plain / "eval" / "verdict.json")
     sec = build_report(plain).read_text(encoding="utf-8").split('<section id="contamination">')[1]
     assert "not decontaminated" in sec.split("</section>")[0]
 
@@ -126,11 +126,12 @@ def test_verdict_records_contamination_and_warns(tmp_path, monkeypatch):
     from rich.console import Console
 
     import evals.run
-    from curation.io import write_json
     from curation.pipeline import curate
     from curation.rundir import RunDir
+    from evals.verdict import Verdict
     from flows import runner
     from flows.summary import print_verdict
+    from tests.evals.factories import make_verdict
 
     monkeypatch.setenv("SFTFLOW_CACHE", str(tmp_path / "cache"))
     data = _benchmarks(tmp_path / "bench")
@@ -139,8 +140,8 @@ def test_verdict_records_contamination_and_warns(tmp_path, monkeypatch):
         "Which gas do plants take in from the air to make their food?", "Write a limerick.")))
 
     def fake_evaluate(cfg, base, adapter, out_dir, progress=None):
-        verdict = {"verdict": "PASS", "tasks": {t: {"n": 1} for t in cfg.suite.split(",")}}
-        write_json(Path(out_dir) / "verdict.json", verdict)
+        verdict = make_verdict({t: 0.0 for t in cfg.suite.split(",")})
+        verdict.write(Path(out_dir) / "verdict.json")
         return verdict
 
     monkeypatch.setattr(evals.run, "evaluate", fake_evaluate)
@@ -154,9 +155,9 @@ def test_verdict_records_contamination_and_warns(tmp_path, monkeypatch):
         verdict = runner.step_eval(recipe, rd, None)
         on_disk = json.loads(rd.eval.verdict.read_text())
         block = on_disk["contamination"]
-        assert block == verdict["contamination"]
+        assert block == verdict.contamination.model_dump(mode="json")
         out = io.StringIO()
-        print_verdict(on_disk, Console(file=out, width=200))
+        print_verdict(Verdict.load(rd.eval.verdict), Console(file=out, width=200))
         if name == "checked":
             assert block["covers_eval"] and block["rows_removed"] == 1 and block["warning"] is None
             assert "decontaminated against every eval task" in out.getvalue()

@@ -7,21 +7,21 @@ import pytest
 
 from curation.io import write_json
 from curation.stats import StageStats
+from evals.verdict import RigidityResult, TargetResult
 from flows.experiments import comparison_markdown, comparison_rows
 from flows.report import build_report
+from tests.evals.factories import make_verdict
 
 
 def _arm(ratio: float, arc_delta: float, gain: float) -> dict:
+    verdict = make_verdict({"arc_easy": arc_delta})
+    verdict.target = TargetResult(n=10, gain=gain)
+    verdict.rigidity = RigidityResult(base={"distinct_2": 0.8}, tuned={"distinct_2": 0.7}, delta={"distinct_2": -0.1})
     return {
         "ratio": ratio,
         "mix": StageStats(stage="mix", rows_added=int(ratio * 100)),
         "train": {"first_loss": 2.0, "final_loss": 1.5},
-        "verdict": {
-            "verdict": "PASS" if arc_delta > -0.01 else "REGRESSED",
-            "tasks": {"arc_easy": {"delta": arc_delta, "ci_low": arc_delta - 0.02, "ci_high": arc_delta + 0.02}},
-            "target": {"delta": gain},
-            "rigidity": {"base": {"distinct_2": 0.8}, "tuned": {"distinct_2": 0.7}, "delta": {"distinct_2": -0.1}},
-        },
+        "verdict": verdict,
     }
 
 

@@ -84,11 +84,14 @@ def test_jsonl_format_and_held_out_split(run, tmp_path):
 
 
 def test_the_card_of_a_trained_and_evaluated_run_carries_the_verdict_table(run, tmp_path):
-    made = add_training_and_eval(run)
+    from flows.summary import verdict_rows
+
+    verdict = add_training_and_eval(run)["verdict"]
     card = (export_run(run, tmp_path / "ds") / "README.md").read_text(encoding="utf-8")
-    assert "## Did a model tuned on it get dumber?" in card and "Verdict: **REGRESSED**" in card
-    arc = made["verdict"]["tasks"]["arc_easy"]
-    assert f"| arc_easy | acc | 200 | 0.61 | 0.55 | -0.06 | [{arc['ci_low']:.4g}, {arc['ci_high']:.4g}] |" in card
+    assert "## Did a model tuned on it get dumber?" in card and "Verdict: **REGRESSED** — arc_easy dropped" in card
+    assert "| task | status | n | accuracy base → tuned |" in card
+    for row in verdict_rows(verdict):  # every task and the suite test, with its status and n
+        assert f"| {row['task']} | {row['status']} | {row['n']} |" in card
     assert "**License: unknown**" in card and front_matter(card)["license"] == "unknown"
 
 

@@ -9,8 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from evals.verdict import Verdict
 from flows import runner
 from flows.recipe import load_recipe
+from tests.evals.factories import make_verdict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,19 +58,21 @@ def test_pipeline_flow_end_to_end(tmp_path, shared_data, prefect_harness):
 
     train = json.loads((run_dir / "train" / "summary.json").read_text())
     assert train["steps"] == 3
-    verdict = json.loads((run_dir / "eval" / "verdict.json").read_text())
-    assert verdict["verdict"] in {"PASS", "REGRESSED", "INCONCLUSIVE"}
+    verdict = Verdict.load(run_dir / "eval" / "verdict.json")
+    assert verdict.verdict in {"PASS", "REGRESSED", "INCONCLUSIVE"}
     assert verdict == out["verdict"]
-    assert "arc_easy" in verdict["tasks"]
+    assert "arc_easy" in verdict.tasks
 
 
 def test_gate_applies_the_recipe(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text(yaml.safe_dump({"gate": {"on_regressed": "fail", "on_inconclusive": "warn"}}))
     r = load_recipe(p)
-    assert runner.gate(r, {"verdict": "PASS"}) == "ok"
-    assert runner.gate(r, {"verdict": "INCONCLUSIVE"}) == "warn"
+    assert runner.gate(r, make_verdict(verdict="PASS")) == "ok"
+    assert runner.gate(r, make_verdict(verdict="INCONCLUSIVE")) == "warn"
+    regressed = make_verdict({"arc_easy": -0.05})
+    regressed.recommendation = "raise the replay ratio"
     with pytest.raises(runner.GateFailed, match="REGRESSED. raise the replay ratio"):
-        runner.gate(r, {"verdict": "REGRESSED", "recommendation": "raise the replay ratio"})
+        runner.gate(r, regressed)
     p.write_text(yaml.safe_dump({"gate": {"on_regressed": "warn"}}))
-    assert runner.gate(load_recipe(p), {"verdict": "REGRESSED"}) == "warn"
+    assert runner.gate(load_recipe(p), regressed) == "warn"

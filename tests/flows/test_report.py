@@ -18,6 +18,7 @@ import pytest
 from curation.io import write_json
 from curation.pipeline import curate
 from flows.report import SECTION_FAILED, SECTIONS, build_report, history_path, read_history, record_history
+from tests.evals.factories import make_verdict
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
@@ -51,23 +52,10 @@ def add_training_and_eval(run: Path) -> dict:
         "model": "tiny-random-llama", "method": "lora", "precision": "fp32", "steps": 12,
         "first_loss": log[0]["loss"], "final_loss": log[-1]["loss"], "tokens_per_s": 905.5,
         "trainable_params": 12345, "total_params": 987654})
-    verdict = {
-        "verdict": "REGRESSED", "reason": "arc_easy dropped", "recommendation": "Raise the replay ratio.",
-        "tasks": {
-            "arc_easy": {"metric": "acc", "n": 200, "base": 0.61, "tuned": 0.55, "delta": -0.06, "ci_low": -0.0913,
-                         "ci_high": -0.0287, "p_value": 0.0012, "status": "regressed", "gated": True},
-            EVIL: {"metric": "acc", "n": 50, "base": 0.4, "tuned": 0.42, "delta": 0.02, "ci_low": -0.03,
-                   "ci_high": 0.07, "p_value": 0.5, "gated": True},
-        },
-        "target": {"n": 20, "metric": "nll_per_assistant_token", "base_nll": 2.1, "tuned_nll": 1.7, "gain": 0.4,
-                   "ci_low": 0.3, "ci_high": 0.5},
-        "rigidity": {"base": {"distinct_1": 0.5, "distinct_2": 0.8, "same_opening_share": 0.1, "n": 12},
-                     "tuned": {"distinct_1": 0.4, "distinct_2": 0.6, "same_opening_share": 0.4, "n": 12},
-                     "delta": {"distinct_1": -0.1, "distinct_2": -0.2, "same_opening_share": 0.3},
-                     "examples": [{"prompt": "Tell me a story", "base": "Once upon a time", "tuned": "Sure! Here"}]},
-        "config": {"margin": 0.02},
-    }
-    write_json(run / "eval" / "verdict.json", verdict)
+    verdict = make_verdict({"arc_easy": -0.06, EVIL: 0.02})
+    verdict.reason = "arc_easy dropped"
+    verdict.margin = 0.02
+    verdict.write(run / "eval" / "verdict.json")
     return {"log": log, "verdict": verdict}
 
 
@@ -116,7 +104,8 @@ def test_every_section_shows_the_runs_numbers(full_run):
     assert "general (replay)" in section(html, "mix")
     assert "fig-" in section(html, "training") and "905.5" in section(html, "training")
     ev = section(html, "eval")
-    assert "REGRESSED" in ev and "[-0.0913, -0.0287]" in ev and "same_opening_share" in ev
+    assert "REGRESSED" in ev and "[-0.08, -0.04]" in ev and "same_opening_share" in ev
+    assert "p Holm" in ev and "suite (2 tasks, equal weights)" in ev
     assert html.count('class="plotly-graph-div"') >= 10
 
 
@@ -269,5 +258,7 @@ def test_unexpected_figures_never_break_the_report(tmp_path, tmp_path_factory, m
     html = build_report(run).read_text(encoding="utf-8")
     funnel = section(html, "funnel")
     summary = json.loads((run / "curate" / "summary.json").read_text())
-    assert f">{summary['rows_out']:,}<" in funnel and "REGRESSED" in section(html, "eval")
+    assert f">{summary['rows_out']:,}<" in funnel
+    # a verdict.json that is not a valid verdict is named in one line, the rest of the report still renders
+    assert "not a valid verdict" in section(html, "eval")
     assert SECTION_FAILED not in html

@@ -10,6 +10,7 @@ import yaml
 from curation.io import FolderInUse
 from flows import runner
 from flows.recipe import load_recipe
+from tests.evals.factories import make_verdict
 
 
 class Recorder(runner.Steps):
@@ -33,7 +34,7 @@ class Recorder(runner.Steps):
 
     def eval(self, recipe, rd, heldout):
         self.calls.append(f"eval:{heldout == str(rd.split_heldout)}")
-        return {"verdict": self.verdict, "recommendation": "add replay data"}
+        return make_verdict().model_copy(update={"verdict": self.verdict, "recommendation": "add replay data"})
 
     def after(self, step, recipe, rd, result):
         self.calls.append(f"after:{step}")
