@@ -1,9 +1,11 @@
 """Prefect flows: ``curate``, ``sft``, ``evaluate`` and ``pipeline`` (all three, then the gate).
 
-Every flow is :func:`flows.runner.run` with :class:`PrefectSteps`: each step runs as a Prefect task
-(``curate-stages``, ``split-heldout``, ``sft``, ``regression-eval``) and publishes a markdown summary,
-table artifacts with stable keys (so the Prefect UI shows their history across scheduled runs) and
-the HTML report after it. The wiring itself — which step follows which, the run folder, the gate —
+Every flow is :func:`flows.runner.run` with :class:`PrefectSteps`: each curation stage runs as its own
+Prefect task (``00-ingest``, ``01-quality``, ``02-dedup``, ... through the runner's executor seam,
+:class:`StageTasks`), then ``split-heldout``, ``sft``, ``regression-eval``, ``export`` and ``gate``, so
+the flow run's timeline shows which stage took the time or failed. After each step it publishes a
+markdown summary, table artifacts with stable keys (so the Prefect UI shows their history across
+scheduled runs) and the HTML report. The wiring itself — which step follows which, the run folder, the gate —
 is the runner's, the same as ``--local``'s. By default Prefect runs an ephemeral local server; with
 ``PREFECT_API_URL`` set, flows report to that server instead.
 """
@@ -11,6 +13,9 @@ is the runner's, the same as ``--local``'s. By default Prefect runs an ephemeral
 # No ``from __future__ import annotations`` here: Prefect pickles a served flow's local modules by value,
 # and a function pickled by value keeps only the globals its code uses — string annotations naming
 # ``Recipe`` could then not be resolved when Prefect validates a flow's parameters.
+import copy
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -19,7 +24,9 @@ from prefect.cache_policies import NO_CACHE
 
 from curation.pipeline import CurateSummary
 from curation.rundir import RunDir
-from curation.runner import Executor
+from curation.runner import BATCH_SIZE, Executor, SerialExecutor
+from curation.stage import Stage
+from curation.stats import StageStats
 from evals.verdict import Verdict
 from flows import runner
 from flows.artifacts import artifact_key, publish_export, publish_report, publish_training
@@ -33,51 +40,97 @@ def _recipe(recipe: str | Recipe, overrides: list[str] | None) -> Recipe:
     return recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
 
 
-@task(name="curate-stages", **_TASK)
-def curate_task(recipe: Recipe, rd: RunDir, resume: bool, executor: Executor | None = None) -> CurateSummary:
-    log = get_run_logger()
+class StageTasks:
+    """The runner's executor seam for Prefect: every curation stage its own task run.
 
-    def on_stage(name: str, st) -> None:
-        where = f" on {st.shards} shards" if st.shards else ""
-        log.info("%s%s: %s in → %s out; dropped %s", name, where, st.rows_in, st.rows_out, st.dropped_by_reason)
+    Named after the stage's folder (``00-ingest``, ``03-dedup``), so the flow run's timeline shows which
+    stage took the time or failed, each with its own state, duration, logs and retries. Inside the task the
+    ``inner`` executor runs the stage (serially, or on shards: the Dask map of ``flows.scaleout``), so resume,
+    fingerprints and the completion marker stay :func:`curation.runner.run_stage`'s — a stage whose result is
+    cached never reaches the executor and shows no task run (the flow log says it was cached).
+    """
 
-    return runner.step_curate(recipe, rd, resume=resume, on_stage=on_stage, executor=executor)
+    def __init__(self, inner: Executor | None = None, retries: int = 0, retry_delay_seconds: float = 10):
+        self.inner = inner or SerialExecutor()
+        self.retries = retries
+        self.retry_delay_seconds = retry_delay_seconds
+
+    def execute(self, stage: Stage, input_path: Path | None, out_dir: Path, *, batch_size: int = BATCH_SIZE,
+                progress: Callable[[int], None] | None = None) -> StageStats:
+        name = out_dir.name.replace("_", "-", 1)  # 03_dedup → 03-dedup
+        # a retry starts from the stage as it was before the failed try (figures accumulate in the object)
+        pristine = copy.deepcopy(stage) if self.retries else None
+        tries: list[int] = []
+
+        def run_stage_task() -> StageStats:
+            current = stage if not tries else copy.deepcopy(pristine)
+            tries.append(1)
+            st = self.inner.execute(current, input_path, out_dir, batch_size=batch_size, progress=progress)
+            where = f" on {st.shards} shards" if st.shards else ""
+            added = f" (+{st.rows_added} added)" if st.rows_added else ""
+            get_run_logger().info("%s%s: %s in%s → %s out; dropped %s; %.1f s", stage.name, where, st.rows_in,
+                                  added, st.rows_out, st.dropped_by_reason or "none", st.seconds)
+            return st
+
+        t = task(run_stage_task, name=name, task_run_name=name, retries=self.retries,
+                 retry_delay_seconds=self.retry_delay_seconds, description=f"curation stage {stage.name}", **_TASK)
+        return t()
 
 
-@task(name="split-heldout", **_TASK)
+@task(name="split-heldout", task_run_name="split-heldout", **_TASK)
 def split_task(recipe: Recipe, rd: RunDir) -> dict:
     return runner.step_split(recipe, rd)
 
 
-@task(name="sft", **_TASK)
+@task(name="sft", task_run_name="sft", **_TASK)
 def train_task(recipe: Recipe, data: str, rd: RunDir, resume: bool) -> dict:
     return runner.step_train(recipe, data, rd, resume=resume)
 
 
-@task(name="regression-eval", **_TASK)
+@task(name="regression-eval", task_run_name="regression-eval", **_TASK)
 def eval_task(recipe: Recipe, rd: RunDir, heldout: str | None) -> Verdict:
     return runner.step_eval(recipe, rd, heldout)
 
 
-@task(name="export", **_TASK)
+@task(name="export", task_run_name="export", **_TASK)
 def export_task(recipe: Recipe, rd: RunDir) -> str:
     return str(runner.step_export(recipe, rd))
 
 
+@task(name="gate", task_run_name="gate", **_TASK)
+def gate_task(recipe: Recipe, verdict: Verdict) -> str:
+    return runner.gate(recipe, verdict)
+
+
 class PrefectSteps(runner.Steps):
-    """Each step a Prefect task; after it, its artifacts and the refreshed report."""
+    """Each stage and step a Prefect task; after each step, its artifacts and the refreshed report.
+
+    A flow run that Prefect retries (the UI's *Retry*, or ``retries`` on the deployment) resumes: the stages
+    whose fingerprints match are not run again, so only what failed runs twice.
+    """
 
     def __init__(self, executor: Executor | None = None):
         self.executor = executor
 
     def curate(self, recipe: Recipe, rd: RunDir, resume: bool) -> CurateSummary:
-        return curate_task(recipe, rd, resume, self.executor)
+        log = get_run_logger()
+
+        def on_stage(name: str, st: StageStats) -> None:
+            if st.cached:
+                log.info("%s: cached (same input and config as the run in %s): %s in → %s out", name, rd.root,
+                         st.rows_in, st.rows_out)
+
+        return runner.step_curate(recipe, rd, resume or _retried(), on_stage=on_stage,
+                                  executor=StageTasks(self.executor))
+
+    def gate(self, recipe: Recipe, verdict: Verdict) -> str:
+        return gate_task(recipe, verdict)
 
     def split(self, recipe: Recipe, rd: RunDir) -> dict:
         return split_task(recipe, rd)
 
     def train(self, recipe: Recipe, data: str, rd: RunDir, resume: bool) -> dict:
-        return train_task(recipe, data, rd, resume)
+        return train_task(recipe, data, rd, resume or _retried())
 
     def eval(self, recipe: Recipe, rd: RunDir, heldout: str | None) -> Verdict:
         return eval_task(recipe, rd, heldout)
@@ -115,6 +168,13 @@ class PrefectSteps(runner.Steps):
     def gate_outcome(self, recipe: Recipe, verdict: Verdict, outcome: str) -> None:
         if outcome == "warn":
             get_run_logger().warning("regression gate: verdict %s (recipe says warn)", verdict.verdict)
+
+
+def _retried() -> bool:
+    """True in a flow run Prefect is running again (a retry): it picks up where the failed run stopped."""
+    from prefect.runtime import flow_run
+
+    return (flow_run.run_count or 1) > 1
 
 
 @flow(name="curate", log_prints=True)

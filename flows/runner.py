@@ -149,6 +149,9 @@ class Steps:
     def export(self, recipe: Recipe, rd: RunDir) -> Path:
         return step_export(recipe, rd)
 
+    def gate(self, recipe: Recipe, verdict: Verdict) -> str:
+        return gate(recipe, verdict)
+
     def after(self, step: Published, recipe: Recipe, rd: RunDir, result: Any) -> None:
         """Called after each step with its result (``run.json`` is already updated)."""
 
@@ -229,7 +232,7 @@ def run(
             write_run_info(rd, recipe, export=out["export"])
             steps.after("export", recipe, rd, out["export"])
         if "gate" in wanted and "verdict" in out:
-            out["gate"] = gate(recipe, out["verdict"])  # raises GateFailed → the flow run fails
+            out["gate"] = steps.gate(recipe, out["verdict"])  # raises GateFailed → the flow run fails
             steps.gate_outcome(recipe, out["verdict"], out["gate"])
     return out
 
