@@ -29,7 +29,7 @@ from curation.stage import Stage
 from curation.stats import StageStats
 from evals.verdict import Verdict
 from flows import runner
-from flows.artifacts import artifact_key, publish_export, publish_report, publish_training
+from flows.artifacts import artifact_key, publish_export, publish_report, publish_training, publish_trend
 from flows.recipe import Recipe, load_recipe
 from flows.summary import curate_markdown, eval_markdown, funnel_rows, train_markdown, verdict_rows
 
@@ -111,6 +111,7 @@ class PrefectSteps(runner.Steps):
 
     def __init__(self, executor: Executor | None = None):
         self.executor = executor
+        self._report_linked = False
 
     def curate(self, recipe: Recipe, rd: RunDir, resume: bool) -> CurateSummary:
         log = get_run_logger()
@@ -140,30 +141,38 @@ class PrefectSteps(runner.Steps):
 
     def after(self, step: str, recipe: Recipe, rd: RunDir, result: Any) -> None:
         if step == "export":
-            publish_export(recipe, result)
+            publish_export(recipe, result, rd.root)
             return
         if step == "curate":
             sharded = getattr(self.executor, "sharded", None)  # a sharded executor names what it sharded
             note = f" (sharded: {', '.join(sharded)})" if sharded is not None else ""
             create_markdown_artifact(key=artifact_key(recipe, "curation-summary"),
                                      markdown=curate_markdown(result, rd.root),
-                                     description=f"Curation funnel of {recipe.name}{note}")
+                                     description=f"Curation of {recipe.name}: rows in → out, the funnel with drop "
+                                                 f"reasons, the ledger{note}")
             create_table_artifact(key=artifact_key(recipe, "curation-funnel"), table=funnel_rows(result),
-                                  description="rows in/out and drops per stage")
+                                  description=f"Funnel of {recipe.name}: rows in / added / out and drops by reason, one "
+                                              "row per stage")
         elif step == "train":
             create_markdown_artifact(key=artifact_key(recipe, "sft-summary"), markdown=train_markdown(result),
-                                     description=f"SFT of {recipe.name}")
+                                     description=f"SFT of {recipe.name}: method, steps, loss, throughput, memory")
             publish_training(recipe, rd.root)
         elif step == "eval":
             create_markdown_artifact(key=artifact_key(recipe, "eval-verdict"), markdown=eval_markdown(result),
-                                     description=f"Before/after eval of {recipe.name}")
+                                     description=f"Did {recipe.name}'s tuned model get dumber? Verdict, per-task "
+                                                 "before/after table, rule, recommendation")
             rows = [{k: (", ".join(f"{x:+.4f}" for x in v) if isinstance(v, list) else v) for k, v in row.items()}
                     for row in verdict_rows(result)]
             create_table_artifact(key=artifact_key(recipe, "eval-tasks"), table=rows,
                                   description="per-task before/after: accuracy + McNemar, gold-answer probability + "
                                               "sign-flip, Holm; the suite-level test last")
         if step != "split":
-            publish_report(recipe, rd.root)  # after eval too: a failed gate still has its report
+            # rebuilt after every step (a failed gate still has its report); linked once per flow run
+            publish_report(recipe, rd.root, link=not self._report_linked)
+            self._report_linked = True
+
+    def finish(self, recipe: Recipe, rd: RunDir, out: dict[str, Any]) -> None:
+        publish_trend(recipe, rd.root)
 
     def gate_outcome(self, recipe: Recipe, verdict: Verdict, outcome: str) -> None:
         if outcome == "warn":

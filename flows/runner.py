@@ -155,6 +155,9 @@ class Steps:
     def after(self, step: Published, recipe: Recipe, rd: RunDir, result: Any) -> None:
         """Called after each step with its result (``run.json`` is already updated)."""
 
+    def finish(self, recipe: Recipe, rd: RunDir, out: dict[str, Any]) -> None:
+        """Called once when every step that ran has finished (before the gate decides)."""
+
     def gate_outcome(self, recipe: Recipe, verdict: Verdict, outcome: str) -> None:
         """Called when the gate passed or warned (a failed gate raises :class:`GateFailed`)."""
 
@@ -231,6 +234,7 @@ def run(
             out["export"] = str(steps.export(recipe, rd))
             write_run_info(rd, recipe, export=out["export"])
             steps.after("export", recipe, rd, out["export"])
+        steps.finish(recipe, rd, out)
         if "gate" in wanted and "verdict" in out:
             out["gate"] = steps.gate(recipe, out["verdict"])  # raises GateFailed → the flow run fails
             steps.gate_outcome(recipe, out["verdict"], out["gate"])

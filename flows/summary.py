@@ -19,7 +19,8 @@ def funnel_rows(summary: CurateSummary) -> list[dict[str, Any]]:
             "rows_in": st.rows_in,
             "added": st.rows_added,
             "rows_out": st.rows_out,
-            "dropped": ", ".join(f"{k}={v}" for k, v in st.dropped_by_reason.items()) or "-",
+            # "none", not "-": the Prefect UI renders table cells as markdown, where "-" is a list bullet
+            "dropped": ", ".join(f"{k}={v}" for k, v in st.dropped_by_reason.items()) or "none",
             "cached": st.cached,
         }
         for st in summary.stages
