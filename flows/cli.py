@@ -21,7 +21,7 @@ from typing import Any, Literal
 import typer
 
 from curation.errors import SftflowError
-from flows.console import UserError, app, console, out_console, progress_bars
+from flows.console import UserError, app, console, library_output_to, out_console, progress_bars
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_RECIPE = REPO / "configs" / "demo.yaml"
@@ -373,17 +373,18 @@ def _run_recipe(recipe: Path, out: str | None, resume: bool, sets: list[str], lo
 
         own_ephemeral_server()
     try:
-        if local:
-            with progress_bars() as pf:
-                runner.run(r, rd.root, resume=resume, steps=runner.ProgressSteps(pf), upto=upto)
-        elif upto == "curate":
-            from flows.flows import curate_flow
+        with library_output_to(rd.library_log):
+            if local:
+                with progress_bars() as pf:
+                    runner.run(r, rd.root, resume=resume, steps=runner.ProgressSteps(pf), upto=upto)
+            elif upto == "curate":
+                from flows.flows import curate_flow
 
-            curate_flow(r, str(rd), resume)
-        else:
-            from flows.flows import pipeline_flow
+                curate_flow(r, str(rd), resume)
+            else:
+                from flows.flows import pipeline_flow
 
-            pipeline_flow(r, str(rd), resume)
+                pipeline_flow(r, str(rd), resume)
     except runner.GateFailed as e:
         failed = e
     _finish(rd, failed)

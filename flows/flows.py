@@ -82,14 +82,35 @@ def split_task(recipe: Recipe, rd: RunDir) -> dict:
     return runner.step_split(recipe, rd)
 
 
+def progress_lines(name: str, total: int | None) -> Callable[[int], None]:
+    """A progress bar for a log: ``name: 12/24 (50%), 65 s`` each time another tenth is done (the task's log,
+    in the terminal and the Prefect UI); the same factory shape as the CLI's bars."""
+    import time
+
+    log, started, seen, done = get_run_logger(), time.monotonic(), [0], [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if not total:
+            return
+        tenth = min(10, done[0] * 10 // total)
+        if tenth > seen[0]:
+            seen[0] = tenth
+            log.info("%s: %s/%s (%d%%), %.0f s", name, done[0], total, 100 * done[0] // total,
+                     time.monotonic() - started)
+
+    return advance
+
+
 @task(name="sft", task_run_name="sft", **_TASK)
 def train_task(recipe: Recipe, data: str, rd: RunDir, resume: bool) -> dict:
-    return runner.step_train(recipe, data, rd, resume=resume)
+    bar = runner.step_bar(progress_lines("sft steps", recipe.train_config().max_steps))
+    return runner.step_train(recipe, data, rd, resume=resume, progress=bar)
 
 
 @task(name="regression-eval", task_run_name="regression-eval", **_TASK)
 def eval_task(recipe: Recipe, rd: RunDir, heldout: str | None) -> Verdict:
-    return runner.step_eval(recipe, rd, heldout)
+    return runner.step_eval(recipe, rd, heldout, progress=runner.eval_bars(progress_lines))
 
 
 @task(name="export", task_run_name="export", **_TASK)
