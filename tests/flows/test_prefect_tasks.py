@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
+from pydantic import BaseModel, ConfigDict
+
+from curation.records import Record
+from curation.stage import Stage, StageOutput
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
@@ -46,3 +51,44 @@ def test_each_stage_is_a_task_run_named_after_its_folder_and_resume_skips_them(p
     assert again.is_completed()
     # every stage's fingerprint matched: the project's own resume, no stage ran again
     assert [t.name for t in _task_runs(again.state_details.flow_run_id)] == ["export"]
+
+
+class FlakyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    marker: str
+
+
+class FlakyStage(Stage):
+    """Fails the first time it runs (no marker file yet), keeps every row after."""
+
+    name: ClassVar[str] = "flaky"
+    Config: ClassVar[type[BaseModel]] = FlakyConfig
+
+    def process(self, batch: list[Record]) -> StageOutput:
+        marker = Path(self.config.marker)
+        if not marker.exists():
+            marker.write_text("failed once")
+            raise RuntimeError("flaky: first try fails")
+        return StageOutput(kept=list(batch))
+
+
+@pytest.mark.prefect
+def test_a_retried_flow_run_resumes_and_runs_only_the_failed_stage_again(prefect_harness, tmp_path, monkeypatch):
+    from curation.registry import STAGES
+    from flows.flows import curate_flow
+    from flows.recipe import load_recipe
+
+    monkeypatch.setitem(STAGES, "flaky", f"{__name__}:FlakyStage")
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"answer {i}"}) + "\n"
+                                              for i in range(10)))
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "flaky", "sources": ["a.jsonl"],
+                                    "stages": [{"flaky": {"marker": str(tmp_path / "marker")}}]}))
+    state = curate_flow.with_options(retries=1, retry_delay_seconds=0)(load_recipe(path), str(tmp_path / "run"),
+                                                                        return_state=True)
+    assert state.is_completed()
+    runs = _task_runs(state.state_details.flow_run_id)
+    # the retry found 00-ingest finished with the same fingerprint: it did not run again
+    assert [(t.name, t.state.type.value) for t in runs] == [("00-ingest", "COMPLETED"), ("01-flaky", "FAILED"),
+                                                           ("01-flaky", "COMPLETED")]
+    assert json.loads((tmp_path / "run" / "curate" / "summary.json").read_text())["rows_out"] == 10
