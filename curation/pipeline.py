@@ -32,11 +32,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from curation.errors import ConfigError
 from curation.ingest import IngestConfig, IngestStage, expand_sources
+from curation.ingest.readers import parquet_footer_bytes
 from curation.io import (
     LEDGER_SCHEMA,
     ParquetWriter,
@@ -83,7 +85,15 @@ class CurateSummary(BaseModel):
 def is_records_file(path: str | Path) -> bool:
     """True for a parquet file with the record schema (a curation output, read as it is)."""
     p = Path(path)
-    return p.suffix == ".parquet" and p.is_file() and RECORD_COLUMNS <= set(parquet_schema(p).names)
+    if p.suffix != ".parquet" or not p.is_file():
+        return False
+    footer = parquet_footer_bytes(p)
+    if footer is None or footer > IngestConfig().max_parquet_footer_bytes:
+        return False  # not parquet, or not one of ours: ingest reads it and says what is wrong
+    try:
+        return RECORD_COLUMNS <= set(parquet_schema(p).names)
+    except (OSError, pa.ArrowException):
+        return False
 
 
 def curate(

@@ -76,6 +76,13 @@ _INSTANCES: dict[tuple[str, str, str], Any] = {}
 _INSTANCES_LOCK = threading.Lock()
 
 
+def clear_instances() -> None:
+    """Forget every object built by :meth:`Registry.instance` (a later call builds it again): how a finished
+    step frees the models it loaded (:func:`curation.memory.release_memory`)."""
+    with _INSTANCES_LOCK:
+        _INSTANCES.clear()
+
+
 #: curation stages by recipe key (``stages: [- quality: {...}]``)
 STAGES = Registry("stage")
 STAGES.register("dedup", "curation.dedup:DedupStage")
@@ -91,4 +98,4 @@ SCORERS = Registry("scorer", "model-backed scorers are registered by flows/ (imp
 #: resources a stage needs from a higher layer, e.g. the benchmark items of an eval suite
 SERVICES = Registry("service", "services are registered by flows/ (import flows first)")
 
-__all__ = ["Registry", "STAGES", "SCORERS", "SERVICES"]
+__all__ = ["Registry", "STAGES", "SCORERS", "SERVICES", "clear_instances"]

@@ -46,6 +46,7 @@ from curation.io import (
     iter_record_batches,
     parquet_schema,
     read_json,
+    records_table,
     write_json,
 )
 from curation.records import Record
@@ -152,7 +153,7 @@ class SerialExecutor:
             return drive(
                 stage,
                 read,
-                lambda rows: out_w.write_rows([r.to_row() for r in rows]),
+                lambda rows: out_w.write_table(records_table(rows, schema)),
                 lambda drops: led_w.write_rows([drop_row(d, stage.name) for d in drops]),
                 progress,
             )

@@ -24,6 +24,7 @@ from curation.errors import SftflowError
 from flows.console import UserError, app, console, library_output_to, out_console, progress_bars
 
 REPO = Path(__file__).resolve().parents[1]
+WORKERS_HELP = "worker processes for per-row stages (default: $SFTFLOW_WORKERS, else one per core)"
 DEMO_RECIPE = REPO / "configs" / "demo.yaml"
 
 
@@ -52,16 +53,18 @@ def _disk_full(e: BaseException) -> bool:
                                and "disk is full" in str(e))
 
 
-def _run_single_stage(name: str, files: list[str], out: Path, config: dict[str, Any], sets: list[str]) -> None:
+def _run_single_stage(name: str, files: list[str], out: Path, config: dict[str, Any], sets: list[str],
+                      workers: int | None = None) -> None:
     """One stage as a one-stage curation: ``out`` gets the steps' folders, output, the whole ledger, summary."""
     from curation.pipeline import curate, is_records_file
+    from curation.workers import local_executor
     from flows.recipe import apply_overrides, parse_overrides
     from flows.summary import print_curation
 
     config = apply_overrides(config, parse_overrides(sets))
     records = files[0] if len(files) == 1 and is_records_file(files[0]) else None
-    with progress_bars() as pf:
-        summary = curate(files, [(name, config)], out, records=records, progress_factory=pf)
+    with progress_bars() as pf, local_executor(workers) as executor:
+        summary = curate(files, [(name, config)], out, records=records, progress_factory=pf, executor=executor)
     print_curation(summary, out_console)
     out_console.print(f"output: {out / 'output.parquet'}; ledger: {out / 'ledger.parquet'}")
 
@@ -136,6 +139,7 @@ def quality(
     pos: list[str] = typer.Option([], "--pos", help="with 'train': files of good examples"),
     neg: list[str] = typer.Option([], "--neg", help="with 'train': files of bad examples"),
     sets: list[str] = typer.Option([], "--set"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """Rule heuristics + fastText quality filter. `sftflow quality train --pos F --neg F --out MODEL` trains one."""
     if files and files[0] == "train":
@@ -147,7 +151,7 @@ def quality(
         out_console.print(json.dumps(metrics, indent=2, ensure_ascii=False, default=str))
         return
     cfg = {"model": model} if model else {}
-    _run_single_stage("quality", files, out, cfg, sets)
+    _run_single_stage("quality", files, out, cfg, sets, workers)
 
 
 @app.command()
@@ -160,6 +164,7 @@ def decontam(
     ),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="skip (and report) benchmarks without data"),
     sets: list[str] = typer.Option([], "--set", help="key=value config overrides, e.g. ngram=10"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """Drop rows containing an item of any benchmark of an eval suite (reason `contaminated`)."""
     cfg: dict[str, Any] = {"suite": suite}
@@ -167,7 +172,7 @@ def decontam(
         cfg["data_dir"] = str(Path(data_dir).expanduser().resolve())
     if skip_missing:
         cfg["skip_missing"] = True
-    _run_single_stage("decontam", files, out, cfg, sets)
+    _run_single_stage("decontam", files, out, cfg, sets, workers)
     from curation.decontam import DecontamFigures
     from curation.io import read_json
     from flows.summary import print_contamination
@@ -180,9 +185,10 @@ def decontam(
 
 @app.command()
 def score(files: list[str] = typer.Argument(...), out: Path = typer.Option(..., "--out"),
-          sets: list[str] = typer.Option([], "--set")) -> None:
+          sets: list[str] = typer.Option([], "--set"),
+          workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP)) -> None:
     """Complexity, task type and diversity features for every record."""
-    _run_single_stage("score", files, out, {}, sets)
+    _run_single_stage("score", files, out, {}, sets, workers)
 
 
 @app.command()
@@ -213,9 +219,10 @@ def curate(
     resume: bool = typer.Option(False, "--resume", help="skip stages already done with the same input+config"),
     sets: list[str] = typer.Option([], "--set"),
     local: bool = typer.Option(False, "--local", help="run without Prefect"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """Ingest + every curation stage of a recipe."""
-    _run_recipe(recipe, out, resume, sets, local, upto="curate")
+    _run_recipe(recipe, out, resume, sets, local, upto="curate", workers=workers)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,6 +244,7 @@ def train(
     """Supervised fine-tuning (no Prefect needed)."""
     from curation.errors import format_validation_error
     from curation.io import folder_lock
+    from curation.memory import tune_allocator
     from curation.pipeline import records_input
     from curation.rundir import TrainDir
     from flows.recipe import parse_overrides
@@ -253,6 +261,7 @@ def train(
     except Exception as e:
         raise UserError(format_validation_error(e, "train") if hasattr(e, "errors") else str(e)) from None
     resolve_model(tc.model)  # an unknown model fails here, before the data is read
+    tune_allocator()  # freed activations go back to the OS (curation/memory.py)
     with folder_lock(out), progress_bars() as pf:
         records = records_input(data, TrainDir(out).data.root, progress_factory=pf)
         summary = run_train(tc, records, out, resume=resume, progress=step_bar(pf("train steps", tc.max_steps)))
@@ -287,6 +296,7 @@ def eval_cmd(
     """Before/after general-capability eval with paired statistics; writes verdict.json."""
     from curation.errors import MissingFileError, format_validation_error
     from curation.io import folder_lock
+    from curation.memory import tune_allocator
     from curation.pipeline import records_input
     from curation.rundir import EvalDir
     from evals.run import EvalConfig, evaluate
@@ -305,6 +315,7 @@ def eval_cmd(
         raise UserError(format_validation_error(e, "eval") if hasattr(e, "errors") else str(e)) from None
     if adapter is not None and not Path(adapter).exists():
         raise MissingFileError(f"--adapter {adapter}: no such folder")
+    tune_allocator()
     with folder_lock(out), progress_bars() as pf:
         if target_data:
             ec = ec.model_copy(update={"target_data": str(records_input(target_data, EvalDir(out).target_data.root,
@@ -325,9 +336,10 @@ def run(
     resume: bool = typer.Option(False, "--resume"),
     sets: list[str] = typer.Option([], "--set"),
     local: bool = typer.Option(False, "--local", help="run without Prefect"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """curate → SFT → before/after eval → gate, as one Prefect flow."""
-    _run_recipe(recipe, out, resume, sets, local)
+    _run_recipe(recipe, out, resume, sets, local, workers=workers)
 
 
 @app.command()
@@ -335,9 +347,10 @@ def demo(
     out: str | None = typer.Option(None, "--out"),
     sets: list[str] = typer.Option([], "--set"),
     local: bool = typer.Option(False, "--local"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """The whole pipeline on the embedded demo data and SmolLM2-135M (offline, CPU ≤ 15 min)."""
-    _run_recipe(DEMO_RECIPE, out, False, sets, local)
+    _run_recipe(DEMO_RECIPE, out, False, sets, local, workers=workers)
 
 
 @app.command()
@@ -360,7 +373,7 @@ def experiment(
 
 
 def _run_recipe(recipe: Path, out: str | None, resume: bool, sets: list[str], local: bool,
-                upto: Literal["curate", "gate"] = "gate") -> None:
+                upto: Literal["curate", "gate"] = "gate", workers: int | None = None) -> None:
     """A recipe through :func:`flows.runner.run`: as Prefect flows, or here with progress bars (``--local``)."""
     from flows import runner
     from flows.recipe import load_recipe
@@ -376,15 +389,15 @@ def _run_recipe(recipe: Path, out: str | None, resume: bool, sets: list[str], lo
         with library_output_to(rd.library_log):
             if local:
                 with progress_bars() as pf:
-                    runner.run(r, rd.root, resume=resume, steps=runner.ProgressSteps(pf), upto=upto)
+                    runner.run(r, rd.root, resume=resume, steps=runner.ProgressSteps(pf, workers), upto=upto)
             elif upto == "curate":
                 from flows.flows import curate_flow
 
-                curate_flow(r, str(rd), resume)
+                curate_flow(r, str(rd), resume, workers=workers)
             else:
                 from flows.flows import pipeline_flow
 
-                pipeline_flow(r, str(rd), resume)
+                pipeline_flow(r, str(rd), resume, workers=workers)
     except runner.GateFailed as e:
         failed = e
     _finish(rd, failed)

@@ -13,6 +13,7 @@ is the runner's, the same as ``--local``'s. By default Prefect runs an ephemeral
 # No ``from __future__ import annotations`` here: Prefect pickles a served flow's local modules by value,
 # and a function pickled by value keeps only the globals its code uses — string annotations naming
 # ``Recipe`` could then not be resolved when Prefect validates a flow's parameters.
+import contextlib
 import copy
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from curation.rundir import RunDir
 from curation.runner import BATCH_SIZE, Executor, SerialExecutor
 from curation.stage import Stage
 from curation.stats import StageStats
+from curation.workers import local_executor
 from evals.verdict import Verdict
 from flows import runner
 from flows.artifacts import artifact_key, publish_export, publish_report, publish_training, publish_trend
@@ -130,8 +132,9 @@ class PrefectSteps(runner.Steps):
     whose fingerprints match are not run again, so only what failed runs twice.
     """
 
-    def __init__(self, executor: Executor | None = None):
+    def __init__(self, executor: Executor | None = None, workers: int | None = None):
         self.executor = executor
+        self.workers = workers
         self._report_linked = False
 
     def curate(self, recipe: Recipe, rd: RunDir, resume: bool) -> CurateSummary:
@@ -142,8 +145,11 @@ class PrefectSteps(runner.Steps):
                 log.info("%s: cached (same input and config as the run in %s): %s in → %s out", name, rd.root,
                          st.rows_in, st.rows_out)
 
-        return runner.step_curate(recipe, rd, resume or _retried(), on_stage=on_stage,
-                                  executor=StageTasks(self.executor))
+        # each stage a task; inside it the given executor, or the local pool of ``workers`` processes
+        pool = contextlib.nullcontext(self.executor) if self.executor is not None else local_executor(self.workers)
+        with pool as inner:
+            return runner.step_curate(recipe, rd, resume or _retried(), on_stage=on_stage,
+                                      executor=StageTasks(inner))
 
     def gate(self, recipe: Recipe, verdict: Verdict) -> str:
         return gate_task(recipe, verdict)
@@ -209,9 +215,11 @@ def _retried() -> bool:
 
 @flow(name="curate", log_prints=True)
 def curate_flow(recipe: str | Recipe, run_dir: str | None = None, resume: bool = False,
-                overrides: list[str] | None = None) -> dict:
-    """Ingest and curate the recipe's sources; publishes the funnel as artifacts."""
-    return runner.run(_recipe(recipe, overrides), run_dir, resume=resume, steps=PrefectSteps(), upto="curate")
+                overrides: list[str] | None = None, workers: int | None = None) -> dict:
+    """Ingest and curate the recipe's sources (per-row stages on ``workers`` processes, default one per
+    core); publishes the funnel as artifacts."""
+    return runner.run(_recipe(recipe, overrides), run_dir, resume=resume, steps=PrefectSteps(workers=workers),
+                      upto="curate")
 
 
 @flow(name="sft", log_prints=True)
@@ -234,6 +242,7 @@ def evaluate_flow(recipe: str | Recipe, run_dir: str, overrides: list[str] | Non
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(recipe: str | Recipe, run_dir: str | None = None, resume: bool = False,
-                  overrides: list[str] | None = None) -> dict[str, Any]:
-    """curate → SFT → before/after eval → gate, in one run folder."""
-    return runner.run(_recipe(recipe, overrides), run_dir, resume=resume, steps=PrefectSteps())
+                  overrides: list[str] | None = None, workers: int | None = None) -> dict[str, Any]:
+    """curate → SFT → before/after eval → gate, in one run folder (curation's per-row stages on ``workers``
+    processes, default one per core)."""
+    return runner.run(_recipe(recipe, overrides), run_dir, resume=resume, steps=PrefectSteps(workers=workers))

@@ -16,15 +16,18 @@ object — how each step is executed and what is published after it — never th
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from curation.io import folder_lock, read_json, write_json
+from curation.memory import release_memory, tune_allocator
 from curation.pipeline import CurateSummary, curate, records_input, split_heldout
 from curation.rundir import RunDir
 from curation.runner import Executor
+from curation.workers import local_executor
 from evals.verdict import Contamination, Verdict
 from flows.recipe import Recipe
 
@@ -51,17 +54,23 @@ def new_run_dir(recipe: Recipe, out: str | os.PathLike | None = None) -> RunDir:
 
 
 def step_curate(recipe: Recipe, rd: RunDir, resume: bool = False, progress_factory=None, on_stage=None,
-                executor: Executor | None = None) -> CurateSummary:
-    return curate(
-        recipe.source_paths(),
-        recipe.stage_list(),
-        rd.curate.root,
-        ingest_config=recipe.ingest,
-        resume=resume,
-        progress_factory=progress_factory,
-        on_stage=on_stage,
-        executor=executor,
-    )
+                executor: Executor | None = None, workers: int | None = None) -> CurateSummary:
+    """Curate on ``executor``, or else on ``workers`` local processes (None: ``$SFTFLOW_WORKERS``, else one
+    per core); the models curation loaded are freed when it ends (training and eval do not use them)."""
+    try:
+        with contextlib.nullcontext(executor) if executor is not None else local_executor(workers) as ex:
+            return curate(
+                recipe.source_paths(),
+                recipe.stage_list(),
+                rd.curate.root,
+                ingest_config=recipe.ingest,
+                resume=resume,
+                progress_factory=progress_factory,
+                on_stage=on_stage,
+                executor=ex,
+            )
+    finally:
+        release_memory()
 
 
 def step_split(recipe: Recipe, rd: RunDir) -> dict:
@@ -73,7 +82,11 @@ def step_split(recipe: Recipe, rd: RunDir) -> dict:
 def step_train(recipe: Recipe, data: str | os.PathLike, rd: RunDir, resume: bool = False, progress=None) -> dict:
     from training.sft import train
 
-    return train(recipe.train_config(), data, rd.train.root, resume=resume, progress=progress)
+    tune_allocator()  # the step's freed activations go back to the OS (curation/memory.py)
+    try:
+        return train(recipe.train_config(), data, rd.train.root, resume=resume, progress=progress)
+    finally:
+        release_memory()  # the trained model: eval loads what it needs itself
 
 
 def step_eval(recipe: Recipe, rd: RunDir, heldout: str | os.PathLike | None, progress=None,
@@ -90,7 +103,11 @@ def step_eval(recipe: Recipe, rd: RunDir, heldout: str | os.PathLike | None, pro
     elif heldout:
         overrides["target_data"] = str(heldout)
     cfg = recipe.eval_config(**overrides)
-    verdict = evaluate(cfg, recipe.train_config().model, str(rd.train.root), rd.eval.root, progress=progress)
+    tune_allocator()
+    try:
+        verdict = evaluate(cfg, recipe.train_config().model, str(rd.train.root), rd.eval.root, progress=progress)
+    finally:
+        release_memory()
     stage_dirs = rd.curate.stages() if curation is None else curation
     block = verdict_contamination(stage_dirs, list(verdict.tasks))
     verdict = verdict.model_copy(update={"contamination": Contamination.model_validate(block)})
@@ -129,13 +146,15 @@ class Steps:
     """How each step of a run is executed, and what happens after it; the base class runs them plainly.
 
     Subclasses wrap the steps (Prefect tasks in ``flows.flows``, progress bars in the CLI) and publish
-    after each (:meth:`after`: artifacts, the report); ``executor`` runs the curation stages.
+    after each (:meth:`after`: artifacts, the report); ``executor`` runs the curation stages, or when it is
+    None a pool of ``workers`` local processes (None: ``$SFTFLOW_WORKERS``, else one per core).
     """
 
     executor: Executor | None = None
+    workers: int | None = None
 
     def curate(self, recipe: Recipe, rd: RunDir, resume: bool) -> CurateSummary:
-        return step_curate(recipe, rd, resume, executor=self.executor)
+        return step_curate(recipe, rd, resume, executor=self.executor, workers=self.workers)
 
     def split(self, recipe: Recipe, rd: RunDir) -> dict:
         return step_split(recipe, rd)
@@ -166,11 +185,13 @@ class ProgressSteps(Steps):
     """The plain steps, reporting progress: ``factory(name, total)`` returns a callback that takes counts
     (the CLI's progress bars)."""
 
-    def __init__(self, factory: Callable[[str, int | None], Callable[[int], None]]):
+    def __init__(self, factory: Callable[[str, int | None], Callable[[int], None]], workers: int | None = None):
         self.factory = factory
+        self.workers = workers
 
     def curate(self, recipe: Recipe, rd: RunDir, resume: bool) -> CurateSummary:
-        return step_curate(recipe, rd, resume, progress_factory=self.factory, executor=self.executor)
+        return step_curate(recipe, rd, resume, progress_factory=self.factory, executor=self.executor,
+                           workers=self.workers)
 
     def train(self, recipe: Recipe, data: str, rd: RunDir, resume: bool) -> dict:
         bar = step_bar(self.factory("train steps", recipe.train_config().max_steps))

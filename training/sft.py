@@ -648,6 +648,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
     raw = yaml.safe_load(Path(args.config).read_text())
+    from curation.memory import tune_allocator
+
+    tune_allocator()  # big freed buffers go back to the OS (see curation/memory.py)
     summary = train(TrainConfig.model_validate(raw), args.data, args.out, resume=args.resume)
     if _distributed()[0] == 0:
         print(json.dumps(summary, indent=2))

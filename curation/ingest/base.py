@@ -33,7 +33,19 @@ class IngestConfig(BaseModel):
     batch_size: int = Field(2048, ge=1)
     max_chars: int = Field(200_000, ge=1, description="rows with more characters are dropped as too_large")
     max_line_bytes: int = Field(
-        32 * 2**20, ge=1024, description="longer lines / CSV fields are skipped unread as too_large"
+        32 * 2**20, ge=1024,
+        description="longer lines / CSV fields / JSON array elements are skipped unread as too_large",
+    )
+    max_document_bytes: int = Field(
+        256 * 2**20, ge=1024,
+        description="a .json file that is one document (not an array, not JSON Lines) is loaded whole; "
+        "larger ones are refused with a source error",
+    )
+    max_columns: int = Field(10_000, ge=1, description="a CSV header with more columns is a source error")
+    max_parquet_footer_bytes: int = Field(
+        64 * 2**20, ge=1024,
+        description="a parquet file whose metadata footer is larger is refused (the metadata is parsed whole and "
+        "takes ~10x its size in memory; 100,000 row groups of 2 columns make ~23 MiB)",
     )
     hf_split: str = "train"
 

@@ -214,3 +214,35 @@ def test_demo_recipe_as_written_is_byte_identical_across_runs_and_batch_sizes(tm
     a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
     for name, data in a.items():
         assert b[name] == data, f"{name} differs between two runs (batch 2048 vs 50)"
+
+
+def test_same_bytes_on_two_worker_processes(tmp_path):
+    """The demo stages with per-row stages on a pool of two workers: every file as one process writes it.
+
+    The demo sources are repeated (each copy a distinct file) so the per-row stages see several row
+    groups, i.e. several chunks spread over the two workers.
+    """
+    from curation.io import ROW_GROUP_ROWS
+    from curation.workers import PoolExecutor, WorkerPool
+
+    sources, stages = _demo()
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    many: list[str] = []
+    for k in range(30):
+        for src in sources:
+            p = Path(src)
+            dst = copies / f"{p.stem}-{k}{p.suffix}"
+            dst.write_bytes(p.read_bytes())
+            many.append(str(dst))
+    one = pipeline.curate(many, stages, tmp_path / "one")
+    with WorkerPool(2) as pool:
+        ex = PoolExecutor(pool, min_rows=1, chunk_rows=1)
+        two = pipeline.curate(many, stages, tmp_path / "two", executor=ex)
+    assert two.rows_out == one.rows_out
+    assert one.rows_in > 2 * ROW_GROUP_ROWS
+    assert {"decontam", "quality"} <= set(ex.pooled)
+    a, b = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for name, data in a.items():
+        assert b[name] == data, f"{name}: two workers differ from one"
