@@ -174,13 +174,25 @@ class RunDir(_Folder):
         """The folder of one arm of a replay experiment."""
         return RunDir(self.root / f"ratio_{ratio:g}")
 
+    def arm_named(self, name: str) -> RunDir:
+        """The folder of one named arm of an arms experiment (its stages under ``curate/``)."""
+        return RunDir(self.root / f"arm_{name}")
+
+    def experiment_json(self, kind: str) -> Path:
+        """An experiment's comparison (``replay.json``, ``arms.json``)."""
+        return self.root / f"{kind}.json"
+
+    def experiment_md(self, kind: str) -> Path:
+        """An experiment's comparison table as markdown."""
+        return self.root / f"{kind}.md"
+
     @property
     def replay_json(self) -> Path:
-        return self.root / "replay.json"
+        return self.experiment_json("replay")
 
     @property
     def replay_md(self) -> Path:
-        return self.root / "replay.md"
+        return self.experiment_md("replay")
 
     @property
     def replay_png(self) -> Path:

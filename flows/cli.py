@@ -359,15 +359,15 @@ def experiment(
     out: str | None = typer.Option(None, "--out"),
     sets: list[str] = typer.Option([], "--set"),
 ) -> None:
-    """Replay experiment: the same narrow SFT at several replay ratios, each evaluated against the base."""
-    from flows.experiments import replay_flow
+    """An experiment recipe: replay ratios, or named arms (e.g. selection by IFD / complexity / random)."""
+    from flows.experiments import arms_flow, replay_flow
     from flows.recipe import load_recipe
 
     r = load_recipe(recipe, sets)
     if r.experiment is None:
         raise UserError(f"{recipe}: no `experiment:` section")
     cmd = " ".join(["sftflow experiment --recipe", str(recipe), *[f"--set {s}" for s in sets]])
-    res = replay_flow(r, out, command=cmd)
+    res = (arms_flow if r.experiment.kind == "arms" else replay_flow)(r, out, command=cmd)
     out_console.print(res["markdown"])
     out_console.print(f"run folder: {res['run_dir']}")
 

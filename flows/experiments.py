@@ -1,10 +1,18 @@
-"""Experiments run by sftflow's own flows. ``replay``: does mixing general data reduce forgetting?
+"""Experiments run by sftflow's own flows.
 
-The same narrow SFT (one task family) is run at several replay ratios with the same steps and
-seed; each tuned model is evaluated against the base with the regression suite. The output is one
-comparison table — target-task gain vs general-capability delta (with CIs and the gate's verdict)
-per ratio, plus rigidity — written as ``replay.json``/``replay.md`` and a plot ``replay.png`` in the run
-folder. Curation runs once; only the mix step differs between arms.
+``replay``: does mixing general data reduce forgetting? The same narrow SFT (one task family) is run
+at several replay ratios with the same steps and seed; each tuned model is evaluated against the base
+with the regression suite. The output is one comparison table — target-task gain vs
+general-capability delta (with CIs and the gate's verdict) per ratio, plus rigidity — written as
+``replay.json``/``replay.md`` and a plot ``replay.png`` in the run folder. Curation runs once; only
+the mix step differs between arms.
+
+``arms``: arms as data. Curation and the held-out split run once; each named arm then runs its own
+stages on the training split (``experiment.arms.<name>``: e.g. a ``select`` that picks the same
+budget by IFD, by complexity or at random), trains with the same settings and seed, and is evaluated
+against the base on the same held-out rows and the same suite. Output: ``arms.json``/``arms.md`` —
+per arm the rows trained, train loss, held-out NLL base → tuned with the gain's CI, each task's delta
+with its CI, and the verdict — in ``RUN/arm_<name>/{curate/NN_<stage>,train,eval}``.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import datetime as dt  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -152,24 +161,142 @@ def replay_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: lis
         raise ValueError("the recipe has no `experiment:` section")
     rd = runner.new_run_dir(r, run_dir)
     log = get_run_logger()
-    # curation runs once (cached on a rerun), then the split: the same wiring as every run
-    base = runner.run(r, rd.root, resume=True, upto="split")
-    curated, split = base["curate"], base["split"]
-    log.info("curated: %s rows in → %s out", curated.rows_in, curated.rows_out)
+    curated, split = _curate_and_split(r, rd, log)
     arms = []
     with folder_lock(rd.root):
         for ratio in r.experiment.ratios:
             log.info("arm: replay ratio %s", ratio)
             arms.append(replay_arm(r, rd, ratio))
     md = comparison_markdown(arms, command or f"sftflow experiment --recipe {recipe}")
-    with atomic_path(rd.replay_md) as tmp:
-        tmp.write_text(md + "\n")
-    write_json(rd.replay_json, {"arms": comparison_rows(arms), "curate": curated, "split": split})
     plot(arms, rd.replay_png)
+    _publish(r, rd, "replay", md, comparison_rows(arms), {"curate": curated, "split": split}, log)
+    return {"run_dir": str(rd), "arms": arms, "markdown": md}
+
+
+def _curate_and_split(r: Recipe, rd: RunDir, log) -> tuple[Any, dict]:
+    """Curation (resumed when already done) and the held-out split, shared by every arm: the same wiring
+    as every run."""
+    base = runner.run(r, rd.root, resume=True, upto="split")
+    curated, split = base["curate"], base["split"]
+    log.info("curated: %s rows in → %s out", curated.rows_in, curated.rows_out)
+    return curated, split
+
+
+def _publish(r: Recipe, rd: RunDir, kind: str, md: str, rows: list[dict], extra: dict, log) -> None:
+    """``<kind>.md`` + ``<kind>.json`` in the run folder, the report, and the Prefect artifacts."""
+    with atomic_path(rd.experiment_md(kind)) as tmp:
+        tmp.write_text(md + "\n")
+    write_json(rd.experiment_json(kind), {"arms": rows, **extra})
     from flows.report import build_report
 
-    report = build_report(rd.root)
-    log.info("report: %s", report)
-    create_markdown_artifact(key=artifact_key(r, "replay-table"), markdown=md, description="replay experiment")
-    create_table_artifact(key=artifact_key(r, "replay-arms"), table=comparison_rows(arms))
+    log.info("report: %s", build_report(rd.root))
+    create_markdown_artifact(key=artifact_key(r, f"{kind}-table"), markdown=md, description=f"{kind} experiment")
+    create_table_artifact(key=artifact_key(r, f"{kind}-arms"), table=rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# arms as data
+
+
+@task(name="experiment-arm", **_TASK)
+def stages_arm(recipe: Recipe, rd: RunDir, name: str) -> dict[str, Any]:
+    """The arm's stages on the run's training split, then train and evaluate on the run's held-out
+    rows, in ``RUN/arm_<name>/``."""
+    from curation.io import count_rows
+
+    arm = rd.arm_named(name)
+    data, stages, folders = rd.split_train, [], []
+    for i, (stage_name, cfg) in enumerate(recipe.arm_stage_list(name), 1):
+        out = arm.curate.stage(i, stage_name)
+        stages.append(run_stage(build_stage(stage_name, cfg), data, out, resume=True))
+        folders.append(out)
+        data = out / "output.parquet"
+    tr = runner.step_train(recipe, data, arm)
+    # the arm's training data: the run's curation, then this arm's stages
+    verdict = runner.step_eval(recipe, arm, rd.split_heldout, curation=[*rd.curate.stages(), *folders])
+    return {"arm": name, "rows": count_rows(data), "stages": stages, "train": tr, "verdict": verdict}
+
+
+def arms_rows(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One JSON row per arm: rows trained, train loss, held-out NLL and gain (CI), the suite's and each
+    task's delta (CIs), verdict."""
+    rows = []
+    for a in arms:
+        v, tr = a["verdict"], a["train"]
+        t = v.target
+        row: dict[str, Any] = {
+            "arm": a["arm"],
+            "rows": a["rows"],
+            "train_loss": f"{tr.get('first_loss', float('nan')):.3f} → {tr.get('final_loss', float('nan')):.3f}",
+            "heldout_n": t.n if t else None,
+            "heldout_nll_base": t.base_nll if t else None,
+            "heldout_nll_tuned": t.tuned_nll if t else None,
+            "target_gain": t.gain if t else None,
+            "target_gain_ci": [t.ci_low, t.ci_high] if t else [None, None],
+            "verdict": v.verdict,
+        }
+        tests = {"suite": v.suite.test if v.suite else None} | {k: r.test for k, r in v.tasks.items()}
+        for name, test in tests.items():
+            row[name] = test.delta if test else None
+            row[f"{name}_ci"] = [test.ci_low, test.ci_high] if test else [None, None]
+            row[f"{name}_n"] = test.n if test else None
+        rows.append(row)
+    return rows
+
+
+def arms_markdown(arms: list[dict[str, Any]], command: str, wall_s: float | None = None) -> str:
+    """The arms table: per arm the held-out NLL and gain, the general suite's and each task's delta, with CIs."""
+    first = arms[0]["verdict"]
+    tasks = list(first.tasks)
+    head = ["arm", "rows trained", "train loss", "held-out NLL base → tuned", "held-out gain [95% CI]",
+            "Δ general suite [95% CI]"]
+    head += [f"Δ {t} [95% CI]" for t in tasks] + ["verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def ci(test: Any) -> str:
+        return f"{_num(test.delta)} [{_num(test.ci_low)}, {_num(test.ci_high)}]" if test else "-"
+
+    for a in arms:
+        v = a["verdict"]
+        t = v.target
+        cells = [a["arm"], str(a["rows"]),
+                 f"{a['train'].get('first_loss', 0):.3f} → {a['train'].get('final_loss', 0):.3f}",
+                 f"{_val(t.base_nll)} → {_val(t.tuned_nll)}" if t else "-",
+                 f"{_num(t.gain)} [{_num(t.ci_low)}, {_num(t.ci_high)}]" if t else "-",
+                 ci(v.suite.test if v.suite else None)]
+        cells += [ci(v.tasks[name].test if name in v.tasks else None) for name in tasks]
+        cells.append(str(v.verdict))
+        lines.append("| " + " | ".join(cells) + " |")
+    ns = ", ".join(f"{name} {r.test.n} ({r.test.score})" for name, r in first.tasks.items() if r.test)
+    when = f"date: {dt.date.today().isoformat()}" + (f"; wall time {wall_s / 60:.1f} min" if wall_s else "")
+    suite = first.suite
+    notes = [f"Command: `{command}`; {when}.", "",
+             f"Held-out: the same {first.target.n if first.target else '-'} curated rows for every arm (NLL per "
+             "assistant token; gain = base − tuned, 95% paired bootstrap CI over rows). General: items per task "
+             + (ns or "-") + "; Δ = tuned − base on the score the gate reads, with the gate's 95% interval"
+             + (f"; the suite row is the equal-weight mean over {', '.join(suite.tasks)} ({suite.test.interval})"
+                if suite else "")
+             + ". Every arm: same base, pool, steps and seed; only the selection differs."]
+    return "\n".join([*notes, "", *lines])
+
+
+@flow(name="arms-experiment", log_prints=True)
+def arms_flow(recipe: str | Recipe, run_dir: str | None = None, overrides: list[str] | None = None,
+              command: str = "") -> dict[str, Any]:
+    """Curate once, split, then each arm's stages → train → eval; write the comparison table."""
+    started = time.perf_counter()
+    r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    if r.experiment is None or r.experiment.kind != "arms":
+        raise ValueError("the recipe has no `experiment: {kind: arms, ...}` section")
+    rd = runner.new_run_dir(r, run_dir)
+    log = get_run_logger()
+    curated, split = _curate_and_split(r, rd, log)
+    arms = []
+    with folder_lock(rd.root):
+        for name in r.experiment.arms:
+            log.info("arm: %s", name)
+            arms.append(stages_arm(r, rd, name))
+    md = arms_markdown(arms, command or f"sftflow experiment --recipe {recipe}", time.perf_counter() - started)
+    _publish(r, rd, "arms", md, arms_rows(arms), {"curate": curated, "split": split}, log)
     return {"run_dir": str(rd), "arms": arms, "markdown": md}
+

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.errors import ConfigError, format_validation_error
 from curation.ingest import IngestConfig
@@ -49,14 +49,38 @@ class GateConfig(BaseModel):
 
 
 class ExperimentConfig(BaseModel):
-    """``experiment:`` section of an experiment recipe (see flows/experiments.py)."""
+    """``experiment:`` section of an experiment recipe (see flows/experiments.py).
+
+    ``kind: replay``: the same SFT at several replay ratios (``ratios``, ``general``, ``by``).
+    ``kind: arms``: named arms, each a list of stages run on the run's training split before that arm
+    trains (e.g. a ``select`` per arm: the same budget chosen by different scores); every arm trains
+    with the same settings and seed and is evaluated on the same held-out rows.
+    """
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["replay"] = "replay"
+    kind: Literal["replay", "arms"] = "replay"
     ratios: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.3])
     general: list[str] = Field(default_factory=list, description="general-data pool replayed into the task data")
     by: Literal["rows", "tokens"] = "rows"
     seed: int = 0
+    arms: dict[str, list[dict[str, dict[str, Any] | None]]] = Field(
+        default_factory=dict, description="kind arms: arm name -> stages run on the training split for that arm"
+    )
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, v: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+        for name, entries in v.items():
+            if not name or not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"arm {name!r}: use letters, digits, - and _ (it names a folder)")
+            _one_key_per_stage(entries)
+        return v
+
+    @model_validator(mode="after")
+    def _kind_has_its_settings(self) -> ExperimentConfig:
+        if self.kind == "arms" and len(self.arms) < 2:
+            raise ValueError("kind arms needs at least two arms (arms: {name: [stages...], ...})")
+        return self
 
     @field_validator("ratios")
     @classmethod
@@ -87,19 +111,22 @@ class Recipe(BaseModel):
     @field_validator("stages")
     @classmethod
     def _one_key_per_stage(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for i, entry in enumerate(v):
-            if len(entry) != 1:
-                raise ValueError(f"entry {i} must have exactly one stage name as key, got {list(entry)}")
-            (name,) = entry
-            if name not in STAGES:
-                raise ValueError(f"entry {i}: unknown stage {name!r} (known: {', '.join(STAGES)})")
-        return v
+        return _one_key_per_stage(v)
 
     # --- typed views (validated lazily so a curation-only recipe never imports torch) ----------
     def stage_list(self) -> list[tuple[str, BaseModel]]:
+        return self._validated(self.stages, "stages")
+
+    def arm_stage_list(self, arm: str) -> list[tuple[str, BaseModel]]:
+        """The validated stages of one arm of an ``experiment: {kind: arms}`` recipe."""
+        if self.experiment is None or arm not in self.experiment.arms:
+            raise ConfigError(f"experiment.arms: no arm {arm!r}")
+        return self._validated(self.experiment.arms[arm], f"experiment.arms.{arm}")
+
+    def _validated(self, entries: list[dict[str, Any]], where: str) -> list[tuple[str, BaseModel]]:
         out = []
         decontam = self.decontam_settings()
-        for i, entry in enumerate(self.stages):
+        for i, entry in enumerate(entries):
             (name, cfg) = next(iter(entry.items()))
             cfg = self._stage_config(name, cfg)
             cls = stage_class(name)
@@ -108,7 +135,7 @@ class Recipe(BaseModel):
             try:
                 out.append((name, cls.Config.model_validate(cfg)))
             except ValidationError as e:
-                raise ConfigError(format_validation_error(e, prefix=f"stages[{i}].{name}")) from None
+                raise ConfigError(format_validation_error(e, prefix=f"{where}[{i}].{name}")) from None
         return out
 
     def _stage_config(self, name: str, cfg: dict[str, Any] | None) -> dict[str, Any]:
@@ -171,10 +198,22 @@ class Recipe(BaseModel):
     def validate_all(self) -> None:
         """Validate every part now (the CLI does this before starting a long run)."""
         self.stage_list()
+        for arm in self.experiment.arms if self.experiment is not None else ():
+            self.arm_stage_list(arm)
         if self.train is not None:
             self.train_config()
         if self.eval is not None:
             self.eval_config()
+
+
+def _one_key_per_stage(v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for i, entry in enumerate(v):
+        if len(entry) != 1:
+            raise ValueError(f"entry {i} must have exactly one stage name as key, got {list(entry)}")
+        (name,) = entry
+        if name not in STAGES:
+            raise ValueError(f"entry {i}: unknown stage {name!r} (known: {', '.join(STAGES)})")
+    return v
 
 
 def _path_keys(config_cls: type[BaseModel]) -> list[str]:

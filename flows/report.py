@@ -42,6 +42,7 @@ from curation.io import atomic_path
 from curation.mix import MixFigures
 from curation.pipeline import CurateSummary
 from curation.rundir import RunDir
+from curation.select import IfdFigures, SelectFigures
 from curation.stats import Figures, StageStats
 from evals.verdict import Verdict, VerdictFileError
 
@@ -65,6 +66,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("funnel", "Funnel"),
     ("drops", "Dropped rows"),
     ("scores", "Scores"),
+    ("ifd", "Instruction-following difficulty"),
     ("dedup", "Duplicates"),
     ("contamination", "Contamination"),
     ("distributions", "Task types & languages"),
@@ -73,6 +75,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("training", "Training"),
     ("eval", "Before/after eval"),
     ("replay", "Replay experiment"),
+    ("arms", "Experiment arms"),
     ("trend", "Trend"),
     ("stage-details", "Stage details"),
 ]
@@ -256,7 +259,7 @@ def read_output_columns(path: Path) -> dict[str, Any]:
         return out
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
-    numeric = [c for c in ("quality", "complexity", "selection_score") if c in names and
+    numeric = [c for c in ("quality", "complexity", "ifd", "selection_score") if c in names and
                (pa.types.is_floating(pf.schema_arrow.field(c).type) or pa.types.is_integer(pf.schema_arrow.field(c).type))]
     categorical = [c for c in ("task_type", "lang", "mix_source", "source") if c in names]
     values: dict[str, list[np.ndarray]] = {c: [] for c in numeric}
@@ -322,6 +325,7 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         "train_log": read_train_log(rd.train.log),
         "verdict": _read_verdict(rd.eval.verdict),
         "replay": _read_json(rd.replay_json),
+        "arms": _read_json(rd.experiment_json("arms")),
     }
 
 
@@ -642,6 +646,63 @@ def _scores(run: dict[str, Any], figure: _Figures) -> str:
         parts.append("<h3>Quality rules fired</h3>" + _table(
             ["rule", "rows"], [[k, v] for k, v in sorted(_counts(q["rules_fired"]).items(), key=lambda kv: -kv[1])]))
     return "".join(parts) or _not_run("Quality and score stages")
+
+
+def _select_ifd(run: dict[str, Any]) -> IfdFigures | None:
+    fig = _figures(run["stages"], "select", SelectFigures)
+    return fig.ifd if fig is not None else None
+
+
+def _has_ifd(run: dict[str, Any]) -> bool:
+    return _select_ifd(run) is not None or "ifd" in run["output"]["scores"]
+
+
+def _ifd(run: dict[str, Any], figure: _Figures) -> str:
+    """IFD before/after selection (select's figures) and the rows at both ends; else the curated output's."""
+    import plotly.graph_objects as go
+
+    parts = ['<p>IFD = perplexity of the answer given the instruction / without it, under the base model '
+             '(<code>score: {ifd: ...}</code>). Low: the instruction nearly gives the answer away; close to 1: '
+             'the row teaches the model something; at or above the threshold the instruction does not help '
+             'predict the answer at all, and select drops the row as <code>misaligned</code>.</p>']
+    f = _select_ifd(run)
+    if f is not None:
+        sel = _figures(run["stages"], "select", SelectFigures)
+        edges, before, after = f.edges, f.before, f.after
+        parts.append(_table(["", "rows scored", "mean", "median"], [
+            ["before selection", before.rows, before.mean, before.median],
+            ["after selection", after.rows, after.mean, after.median]]))
+        parts.append(_pairs_table([("misaligned threshold (ifd >=)", f.threshold),
+                                   ("dropped as misaligned", sel.misaligned if sel else None),
+                                   ("rows without an IFD (see ifd_note)", f.unscored)]))
+        labels = [f"{edges[i]:.1f}–{edges[i + 1]:.1f}" for i in range(len(edges) - 1)]
+        labels[-1] = f"≥ {edges[-2]:.1f}"
+        fig = go.Figure([
+            go.Bar(name="before selection", x=labels, y=before.histogram, marker_color=_COLORS["before"]),
+            go.Bar(name="after selection", x=labels, y=after.histogram, marker_color=_COLORS["after"])])
+        if f.threshold is not None:
+            at = min(range(len(edges) - 1), key=lambda i: abs(edges[i] - f.threshold))
+            fig.add_vline(x=at - 0.5, line_dash="dash", line_color="#b91c1c")
+        parts.append(figure(fig.update_layout(title="IFD before/after selection (dashed: misaligned threshold)",
+                                              barmode="group", xaxis_title="IFD", yaxis_title="rows"), height=320))
+        titles = {"lowest": "Lowest IFD (the instruction makes the answer easiest)",
+                  "highest_kept": "Highest IFD kept (hardest rows the model will learn from)",
+                  "misaligned": "Dropped as misaligned (highest IFD)"}
+        for kind, title in titles.items():
+            rows = f.examples.get(kind) or []
+            if rows:
+                parts.append(f"<h3>{esc(title)}</h3>" + _table(
+                    ["id", "IFD", "loss with / without instruction", "instruction", "answer"],
+                    [[e.id, e.ifd, f"{fmt(e.loss_given_instruction, 3)} / {fmt(e.loss_answer_only, 3)}",
+                      _cut(e.instruction, 200), _cut(e.answer, 200)] for e in rows]))
+        return "".join(parts)
+    arr = run["output"]["scores"].get("ifd")
+    if arr is None:
+        return _not_run("IFD scoring")
+    fig = go.Figure(go.Histogram(x=arr, nbinsx=30, marker_color=_COLORS["after"]))
+    parts.append(figure(fig.update_layout(title="IFD of the curated output (no select stage)", xaxis_title="IFD",
+                                          yaxis_title="rows"), height=300))
+    return "".join(parts)
 
 
 def _dedup(run: dict[str, Any], figure: _Figures) -> str:
@@ -981,6 +1042,41 @@ def _replay(run: dict[str, Any], figure: _Figures) -> str:
     return "".join(parts)
 
 
+def _arms(run: dict[str, Any], figure: _Figures) -> str:
+    """An arms experiment (flows/experiments.py): held-out gain and task deltas per arm, with CIs."""
+    import plotly.graph_objects as go
+
+    arms = [a for a in _list(_dict(run.get("arms")).get("arms")) if isinstance(a, dict)]
+    if not arms:
+        return _not_run("Experiment arms (only arms experiments have them)")
+    tasks = [k for k in arms[0] if f"{k}_ci" in arms[0] and k != "target_gain"]
+
+    def ci(a: dict, key: str, ci_key: str) -> str:
+        lo, hi = (list(a.get(ci_key) or []) + [None, None])[:2]
+        return f"{fmt(_num(a.get(key)))} [{fmt(_num(lo))}, {fmt(_num(hi))}]"
+
+    rows = [[a.get("arm"), a.get("rows"), a.get("train_loss"),
+             f"{fmt(_num(a.get('heldout_nll_base')))} → {fmt(_num(a.get('heldout_nll_tuned')))}",
+             ci(a, "target_gain", "target_gain_ci"), *[ci(a, t, f"{t}_ci") for t in tasks], a.get("verdict")]
+            for a in arms]
+    parts = [_table(["arm", "rows trained", "train loss", "held-out NLL base → tuned", "held-out gain [95% CI]",
+                     *[f"Δ {t} [95% CI]" for t in tasks], "verdict"], rows)]
+    names = [str(a.get("arm")) for a in arms]
+    fig = go.Figure()
+    for key, label in [("target_gain", "held-out gain (NLL/token)"), *[(t, _label(t)) for t in tasks]]:
+        ci_key = "target_gain_ci" if key == "target_gain" else f"{key}_ci"
+        y = [_num(a.get(key)) for a in arms]
+        lo = [_num((list(a.get(ci_key) or []) + [None])[0]) for a in arms]
+        hi = [_num((list(a.get(ci_key) or []) + [None, None])[1]) for a in arms]
+        err = {"type": "data", "array": [h - v if None not in (h, v) else 0 for h, v in zip(hi, y, strict=True)],
+               "arrayminus": [v - lo_ if None not in (lo_, v) else 0 for lo_, v in zip(lo, y, strict=True)]}
+        fig.add_trace(go.Bar(name=label, x=names, y=y, error_y=err))
+    fig.add_hline(y=0, line_color="#374151")
+    parts.append(figure(fig.update_layout(title="per arm: held-out gain and task deltas (95% CI)", barmode="group",
+                                          yaxis_title="delta"), height=360))
+    return "".join(parts)
+
+
 def _trend(history: list[dict[str, Any]], figure: _Figures) -> str:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -1061,6 +1157,7 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "funnel": lambda: _funnel(run, figure),
         "drops": lambda: _drops(run),
         "scores": lambda: _scores(run, figure),
+        "ifd": lambda: _ifd(run, figure),
         "dedup": lambda: _dedup(run, figure),
         "contamination": lambda: _contamination(run),
         "distributions": lambda: _distributions(run, figure),
@@ -1069,6 +1166,7 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "training": lambda: _training(run, figure),
         "eval": lambda: _eval(run, figure),
         "replay": lambda: _replay(run, figure),
+        "arms": lambda: _arms(run, figure),
         "trend": lambda: _trend(history, figure),
         "stage-details": lambda: _stage_details(run),
     }
@@ -1080,8 +1178,10 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
             log.warning("report section %s of %s failed: %s: %s", sid, run["run_dir"], type(e).__name__, e)
             bodies[sid] = f'<p class="warn">{SECTION_FAILED}: {esc(type(e).__name__)}: {esc(e)}</p>'
 
-    # the replay section belongs to experiment runs only
-    shown = [(sid, title) for sid, title in SECTIONS if sid != "replay" or run.get("replay")]
+    # the replay section belongs to experiment runs only, the IFD section to runs that scored IFD
+    shown = [(sid, title) for sid, title in SECTIONS
+             if (sid != "replay" or run.get("replay")) and (sid != "arms" or run.get("arms"))
+             and (sid != "ifd" or _has_ifd(run))]
     nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in shown)
     sections = "".join(_section(sid, title, bodies[sid]) for sid, title in shown)
     title = f"sftflow report: {run['name']}"
