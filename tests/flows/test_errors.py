@@ -61,6 +61,8 @@ def _cases(f: dict[str, Path]) -> list[tuple[list[str], str]]:
         (["run", "--recipe", str(f["recipe"]), "--local", "--out", out], "stages[0].dedup.threshold"),
         (["demo", "--set", "train.method=magic", "--local"], "train.method"),
         (["experiment", "--recipe", str(f["plain"])], "no `experiment:` section"),
+        (["experiment", "--recipe", str(f["plain"]), "--search", "lr"], "the only search is `replay`"),
+        (["experiment", "--recipe", str(f["plain"]), "--search", "replay"], "no general-data pool"),
         (["report", str(d / "no-run")], "no-run: no such run folder"),
         (["export", str(d / "not_a_run")], "not_a_run: not an sftflow run folder"),
         (["export", str(d / "half_run")], "half_run: its curation did not finish"),
