@@ -166,6 +166,11 @@ class RunDir(_Folder):
         return self.root / "run.json"
 
     @property
+    def library_log(self) -> Path:
+        """``library.log``: the libraries' warnings and progress bars, kept off the terminal."""
+        return self.root / "library.log"
+
+    @property
     def mix(self) -> Path:
         """An experiment arm's mix step (task rows + replayed general rows)."""
         return self.root / "mix"

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import typer
 
 from curation.errors import SftflowError
-from flows.console import UserError, app, console, out_console, progress_bars
+from flows.console import UserError, app, console, library_output_to, out_console, progress_bars
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS_HELP = "worker processes for per-row stages (default: $SFTFLOW_WORKERS, else one per core)"
@@ -402,17 +402,18 @@ def _run_recipe(recipe: Path, out: str | None, resume: bool, sets: list[str], lo
 
         own_ephemeral_server()
     try:
-        if local:
-            with progress_bars() as pf:
-                runner.run(r, rd.root, resume=resume, steps=runner.ProgressSteps(pf, workers), upto=upto)
-        elif upto == "curate":
-            from flows.flows import curate_flow
+        with library_output_to(rd.library_log):
+            if local:
+                with progress_bars() as pf:
+                    runner.run(r, rd.root, resume=resume, steps=runner.ProgressSteps(pf, workers), upto=upto)
+            elif upto == "curate":
+                from flows.flows import curate_flow
 
-            curate_flow(r, str(rd), resume, workers=workers)
-        else:
-            from flows.flows import pipeline_flow
+                curate_flow(r, str(rd), resume, workers=workers)
+            else:
+                from flows.flows import pipeline_flow
 
-            pipeline_flow(r, str(rd), resume, workers=workers)
+                pipeline_flow(r, str(rd), resume, workers=workers)
     except runner.GateFailed as e:
         failed = e
     _finish(rd, failed)

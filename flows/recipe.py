@@ -10,6 +10,7 @@ stages:                                         # data-juicer style: one entry p
 train: {model: smollm2-135m-instruct, method: lora, max_steps: 30}
 eval: {suite: quick}
 gate: {on_regressed: fail}
+export: {license: cc-by-sa-3.0}                 # curated rows + dataset card into RUN/export (optional)
 ```
 
 Every part is a pydantic model owned by its package (``IngestConfig`` by curation, ``TrainConfig``
@@ -31,6 +32,7 @@ from curation.errors import ConfigError, format_validation_error
 from curation.ingest import IngestConfig
 from curation.registry import STAGES
 from curation.stage import stage_class
+from flows.export import ExportConfig
 
 
 class HeldoutConfig(BaseModel):
@@ -103,6 +105,8 @@ class Recipe(BaseModel):
     eval: dict[str, Any] | None = None
     gate: GateConfig = Field(default_factory=GateConfig)
     experiment: ExperimentConfig | None = None
+    #: export the curated rows + a dataset card at the end of the run (``sftflow export``'s options)
+    export: ExportConfig | None = None
     runs_dir: str = "runs"
     #: folder the recipe came from (relative paths resolve against it); not part of the YAML
     base_dir: str = "."
