@@ -75,6 +75,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("training", "Training"),
     ("eval", "Before/after eval"),
     ("replay", "Replay experiment"),
+    ("curation", "Curated vs raw"),
     ("arms", "Experiment arms"),
     ("trend", "Trend"),
     ("stage-details", "Stage details"),
@@ -325,6 +326,7 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         "train_log": read_train_log(rd.train.log),
         "verdict": _read_verdict(rd.eval.verdict),
         "replay": _read_json(rd.replay_json),
+        "curation": _read_json(rd.experiment_json("curation")),
         "arms": _read_json(rd.experiment_json("arms")),
     }
 
@@ -1012,33 +1014,97 @@ def _eval(run: dict[str, Any], figure: _Figures) -> str:
     return "".join(parts)
 
 
-def _replay(run: dict[str, Any], figure: _Figures) -> str:
-    """The replay experiment (flows/experiments.py): target gain vs general deltas per replay ratio."""
-    import plotly.graph_objects as go
+def _ci_cell(t: Any) -> str:
+    t = _dict(t)
+    if _num(t.get("delta")) is None:
+        return "-"
+    return f"{fmt(_num(t.get('delta')))} [{fmt(_num(t.get('ci_low')))}, {fmt(_num(t.get('ci_high')))}]"
 
-    arms = [a for a in _list(_dict(run.get("replay")).get("arms")) if isinstance(a, dict)]
-    if not arms:
-        return _not_run("Replay experiment (only experiment runs have one)")
-    tasks = [k for k in arms[0] if f"{k}_ci" in arms[0]]
+
+def _p_cell(t: Any) -> str:
+    t = _dict(t)
+    p = t.get("p_holm") if t.get("p_holm") is not None else t.get("p_value")
+    return "-" if _num(p) is None else f"{p:.3g}"
+
+
+def _experiment_tables(exp: dict[str, Any], first: str) -> str:
+    """An experiment's per-arm table (vs the base) and its arm-vs-reference table (flows/experiments.py)."""
+    arms = [a for a in _list(exp.get("arms")) if isinstance(a, dict)]
+    tasks = [k for k in arms[0] if f"{k}_ci" in arms[0] and k != "target_gain"]
     rows = []
     for a in arms:
-        cells = [a.get("ratio"), a.get("general_rows"), a.get("train_loss"), _num(a.get("target_gain"))]
+        lo, hi = (list(a.get("target_gain_ci") or []) + [None, None])[:2]
+        cells = [a.get("arm", a.get("ratio")), a.get("rows_trained"), a.get("train_loss"),
+                 f"{fmt(_num(a.get('heldout_nll_base')))} → {fmt(_num(a.get('heldout_nll_tuned')))}",
+                 f"{fmt(_num(a.get('target_gain')))} [{fmt(_num(lo))}, {fmt(_num(hi))}]", _ci_cell(a.get("suite"))]
         for t in tasks:
             lo, hi = (list(a.get(f"{t}_ci") or []) + [None, None])[:2]
             cells.append(f"{fmt(_num(a.get(t)))} [{fmt(_num(lo))}, {fmt(_num(hi))}]")
         cells.append(a.get("verdict"))
         rows.append(cells)
-    parts = [_table(["replay ratio", "general rows", "train loss", "target gain (NLL/token)",
-                     *[f"Δ {t} [95% CI]" for t in tasks], "verdict"], rows)]
+    parts = []
+    if exp.get("command"):
+        wall = _num(exp.get("wall_s"))
+        parts.append(f'<p class="note">Command: <code>{esc(exp["command"])}</code>'
+                     + (f"; wall time {wall / 60:.1f} min" if wall else "") + ".</p>")
+    parts.append(_table([first, "rows trained", "train loss", "held-out NLL base → tuned", "target gain [95% CI]",
+                         "suite Δ [95% CI]", *[f"Δ {t} [95% CI]" for t in tasks], "verdict"], rows))
+    vs = [a for a in arms if isinstance(a.get("vs"), dict)]
+    if vs:
+        ref = _dict(vs[0]["vs"]).get("reference")
+        parts.append(f"<p>Each arm vs {esc(ref)} on the same items and held-out rows (the gate's statistic, "
+                     "tuned vs tuned; NLL given up = arm − reference, nats per assistant token):</p>")
+        parts.append(_table(["arm", "general: pooled Δ [95% CI]", "p (Holm)", "target NLL given up [95% CI]", "p"],
+                            [[a.get("arm"), _ci_cell(a["vs"].get("general")), _p_cell(a["vs"].get("general")),
+                              _ci_cell(a["vs"].get("target_nll")), _p_cell(a["vs"].get("target_nll"))] for a in vs]))
+    recs = [(a.get("arm"), a.get("recommendation")) for a in arms if a.get("recommendation")]
+    if recs:
+        parts.append("<ul>" + "".join(f"<li>{esc(n)}: {esc(r)}</li>" for n, r in recs) + "</ul>")
+    return "".join(parts)
+
+
+def _replay(run: dict[str, Any], figure: _Figures) -> str:
+    """The replay experiment or search (flows/experiments.py): per arm vs the base, each arm vs the first."""
+    import plotly.graph_objects as go
+
+    exp = _dict(run.get("replay"))
+    arms = [a for a in _list(exp.get("arms")) if isinstance(a, dict)]
+    if not arms:
+        return _not_run("Replay experiment (only experiment runs have one)")
+    parts = [_experiment_tables(exp, "replay ratio")]
+    search = _dict(exp.get("search"))
+    if search:
+        parts.append(f"<p><b>Search</b> over {esc(', '.join(f'{r:g}' for r in _list(search.get('schedule'))))}: "
+                     f"{esc(search.get('outcome'))}</p>")
     fig = go.Figure()
     ratios = [a.get("ratio") for a in arms]
-    for t in tasks:
-        fig.add_trace(go.Scatter(x=ratios, y=[_num(a.get(t)) for a in arms], mode="lines+markers", name=_label(t)))
+    suites = [_dict(a.get("suite")) for a in arms]
+    if all(_num(s.get("delta")) is not None for s in suites):
+        fig.add_trace(go.Scatter(
+            x=ratios, y=[s["delta"] for s in suites], mode="lines+markers", name="suite Δ vs base",
+            error_y={"type": "data", "symmetric": False, "array": [s["ci_high"] - s["delta"] for s in suites],
+                     "arrayminus": [s["delta"] - s["ci_low"] for s in suites]}))
     fig.add_trace(go.Scatter(x=ratios, y=[_num(a.get("target_gain")) for a in arms], mode="lines+markers",
                              name="target gain", line={"dash": "dash", "width": 3}))
     fig.add_hline(y=0, line_color="#374151")
     parts.append(figure(fig.update_layout(title="tuned − base per replay ratio", xaxis_title="replay ratio",
                                           yaxis_title="delta"), height=360))
+    return "".join(parts)
+
+
+def _curation(run: dict[str, Any]) -> str:
+    """Curated vs raw (flows/experiments.py): the same SFT on the raw sources and on the curated data."""
+    exp = _dict(run.get("curation"))
+    if not _list(exp.get("arms")):
+        return _not_run("Curated vs raw (only curation experiment runs have one)")
+    parts = []
+    ex = _dict(exp.get("excluded"))
+    if ex:
+        parts.append(f"<p>Raw arm: the ingested sources minus the held-out rows and copies of them "
+                     f"({ex.get('exact', 0)} exact, {ex.get('near', 0)} near copies removed).</p>")
+    parts.append(_experiment_tables(exp, "arm"))
+    if exp.get("reading"):
+        parts.append(f"<p>{esc(exp['reading'])}</p>")
     return "".join(parts)
 
 
@@ -1166,6 +1232,7 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "training": lambda: _training(run, figure),
         "eval": lambda: _eval(run, figure),
         "replay": lambda: _replay(run, figure),
+        "curation": lambda: _curation(run),
         "arms": lambda: _arms(run, figure),
         "trend": lambda: _trend(history, figure),
         "stage-details": lambda: _stage_details(run),
@@ -1178,10 +1245,9 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
             log.warning("report section %s of %s failed: %s: %s", sid, run["run_dir"], type(e).__name__, e)
             bodies[sid] = f'<p class="warn">{SECTION_FAILED}: {esc(type(e).__name__)}: {esc(e)}</p>'
 
-    # the replay section belongs to experiment runs only, the IFD section to runs that scored IFD
+    # the experiment sections belong to experiment runs only, the IFD section to runs that scored IFD
     shown = [(sid, title) for sid, title in SECTIONS
-             if (sid != "replay" or run.get("replay")) and (sid != "arms" or run.get("arms"))
-             and (sid != "ifd" or _has_ifd(run))]
+             if (sid not in ("replay", "arms", "curation") or run.get(sid)) and (sid != "ifd" or _has_ifd(run))]
     nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in shown)
     sections = "".join(_section(sid, title, bodies[sid]) for sid, title in shown)
     title = f"sftflow report: {run['name']}"
