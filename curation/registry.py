@@ -91,6 +91,7 @@ STAGES.register("score", "curation.score:ScoreStage")
 STAGES.register("select", "curation.select:SelectStage")
 STAGES.register("mix", "curation.mix:MixStage")
 STAGES.register("decontam", "curation.decontam:DecontamStage")
+STAGES.register("exclude", "curation.exclude:ExcludeStage")
 
 #: model-backed or external scores the score stage can compute (registered by flows/)
 SCORERS = Registry("scorer", "model-backed scorers are registered by flows/ (import flows first)")

@@ -112,6 +112,11 @@ class EvalDir(_Folder):
         return self.root / "verdict.json"
 
     @property
+    def items(self) -> Path:
+        """One row per task item: both models' predictions and scores (``evals.run``)."""
+        return self.root / "items.parquet"
+
+    @property
     def target_data(self) -> CurateDir:
         """Where target-task data given as raw files is ingested first."""
         return CurateDir(self.root / "target_data")
@@ -161,6 +166,11 @@ class RunDir(_Folder):
         return self.root / "run.json"
 
     @property
+    def library_log(self) -> Path:
+        """``library.log``: the libraries' warnings and progress bars, kept off the terminal."""
+        return self.root / "library.log"
+
+    @property
     def mix(self) -> Path:
         """An experiment arm's mix step (task rows + replayed general rows)."""
         return self.root / "mix"
@@ -169,17 +179,38 @@ class RunDir(_Folder):
         """The folder of one arm of a replay experiment."""
         return RunDir(self.root / f"ratio_{ratio:g}")
 
+    def arm_named(self, name: str) -> RunDir:
+        """The folder of one named arm of an experiment (``raw``, ``curated``, an arms experiment's arm: its stages under ``curate/``)."""
+        return RunDir(self.root / f"arm_{name}")
+
+    @property
+    def arm_key(self) -> Path:
+        """An experiment arm's settings fingerprint: a finished arm with the same key is reused."""
+        return self.root / "arm.json"
+
+    def experiment_json(self, kind: str) -> Path:
+        """An experiment's comparison (``replay.json``, ``arms.json``, ``curation.json``)."""
+        return self.root / f"{kind}.json"
+
+    def experiment_md(self, kind: str) -> Path:
+        """An experiment's comparison tables as markdown."""
+        return self.root / f"{kind}.md"
+
+    def experiment_png(self, kind: str) -> Path:
+        """An experiment's plot."""
+        return self.root / f"{kind}.png"
+
     @property
     def replay_json(self) -> Path:
-        return self.root / "replay.json"
+        return self.experiment_json("replay")
 
     @property
     def replay_md(self) -> Path:
-        return self.root / "replay.md"
+        return self.experiment_md("replay")
 
     @property
     def replay_png(self) -> Path:
-        return self.root / "replay.png"
+        return self.experiment_png("replay")
 
 
 __all__ = ["CurateDir", "EvalDir", "RunDir", "TrainDir"]

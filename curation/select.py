@@ -8,8 +8,19 @@ Ranking score per row (``rank_by``), stored as ``selection_score``:
 - one column, ``rank_by: ifd``: any numeric column a stage or a scorer wrote (IFD, a judge score).
 - ``{ifd: 0.7, quality: 0.3}``: the weighted sum; a negative weight ranks low values first.
 
-A row whose ranking column is empty (the scorer could not score it) ranks after every scored row;
-a column no input row has is a config error naming it.
+A row whose ranking column is empty (the scorer could not score it) ranks after every scored row
+(its ledger detail repeats the scorer's ``<column>_note``, e.g. ``ifd_note``); a column no input row
+has is a config error naming it.
+
+Misaligned rows: when the score stage computed ``ifd`` (instruction-following difficulty, see
+:mod:`training.ifd`), rows with ``ifd >= misaligned_ifd`` — the instruction does not help the model
+predict the answer, typically an answer that belongs to another question — are dropped with reason
+``misaligned`` before anything is ranked, whatever the method. Rows without an IFD are not affected.
+This is the one place IFD drops rows.
+
+DEITA-style combinations: ``rank_by: [quality, ifd]`` (the product, like DEITA's quality x
+complexity score) or ``{ifd: 1.0, quality: 0.5}``; ``score_first`` then adds DEITA's diversity
+filter (a row too similar to a kept one is skipped).
 
 Methods (both deterministic: ties break by input order):
 
@@ -22,6 +33,8 @@ Methods (both deterministic: ties break by input order):
   repeatedly add the row farthest from everything selected, until ``budget`` rows are selected or
   every remaining row is within ``similarity_threshold`` of a selected one. It maximises coverage
   of the embedding space regardless of rank; cost O(budget x rows x dim).
+- ``random``: a uniform random sample of ``budget`` rows (seeded), ignoring rank and similarity: the
+  baseline a ranking has to beat at the same budget.
 
 ``fit`` keeps only compact per-row state (id, ranking score, float16 embedding, task type,
 language); texts are only seen again in ``process``. Rows not selected go to the ledger with reason
@@ -63,6 +76,12 @@ from curation.stage import Drop, Stage, StageOutput
 from curation.stats import Figures, Same, Sum
 
 _BLOCK = 1024
+#: default IFD at or above which a row counts as misaligned (measured: bench/ifd_bench.py, bench/RESULTS.md)
+MISALIGNED_IFD = 1.0
+#: fixed IFD histogram bins (values above the last edge count in the last bin)
+IFD_EDGES = [round(0.1 * i, 1) for i in range(16)]
+#: examples per kind in the IFD figures (lowest, highest kept, misaligned)
+IFD_EXAMPLES = 3
 
 
 class SelectConfig(BaseModel):
@@ -73,7 +92,7 @@ class SelectConfig(BaseModel):
     budget: int | None = Field(
         None, ge=1, description="rows to keep (None: every row that passes the threshold)"
     )
-    method: Literal["score_first", "kcenter"] = "score_first"
+    method: Literal["score_first", "kcenter", "random"] = "score_first"
     similarity_threshold: float = Field(
         0.9, gt=-1.0, le=1.0, description="cosine similarity at or above which a row counts as a near-copy"
     )
@@ -86,6 +105,12 @@ class SelectConfig(BaseModel):
         default_factory=lambda: ["quality", "complexity"],
         description="ranking score: a column, a list of columns (their product) or {column: weight} "
         "(the weighted sum); default quality x complexity",
+    )
+    misaligned_ifd: float | None = Field(
+        MISALIGNED_IFD,
+        gt=0,
+        description="drop rows whose ifd (score: {ifd: ...}) is at or above this as misaligned; "
+        "null keeps them; rows without an ifd are not affected",
     )
     sample_rows: int = Field(2000, ge=10, description="rows sampled for the before/after diversity metrics")
     seed: int = 0
@@ -112,6 +137,38 @@ class SelectConfig(BaseModel):
         return " + ".join(f"{w:g} x {c}" for c, w in zip(cols, weights, strict=True))
 
 
+class IfdSummary(Figures):
+    """IFD of a set of rows (the scored ones): count, mean, median, counts per bin of ``IfdFigures.edges``."""
+
+    rows: int = 0
+    mean: float | None = None
+    median: float | None = None
+    histogram: list[int] = Field(default_factory=list)
+
+
+class IfdExample(Figures):
+    """A row shown in the report's IFD section: its id, IFD, both losses, the start of its texts."""
+
+    id: str
+    ifd: float
+    loss_given_instruction: float | None = None
+    loss_answer_only: float | None = None
+    instruction: str = ""
+    answer: str = ""
+
+
+class IfdFigures(Figures):
+    """IFD before/after selection: the misaligned threshold, histograms, unscored rows, examples
+    (``lowest``, ``highest_kept``, ``misaligned``)."""
+
+    threshold: float | None = None
+    edges: list[float] = Field(default_factory=list, min_length=2)
+    before: IfdSummary = Field(default_factory=IfdSummary)
+    after: IfdSummary = Field(default_factory=IfdSummary)
+    unscored: int = 0
+    examples: dict[str, list[IfdExample]] = Field(default_factory=dict)
+
+
 class SelectFigures(Figures):
     """What the select stage reports. Selection ranks all rows at once, so it never runs on shards;
     the merge rules only say what each figure is."""
@@ -128,6 +185,10 @@ class SelectFigures(Figures):
     rank_by: Annotated[str, Same] = ""
     #: rows whose rank_by column was empty (ranked last)
     rank_missing: Annotated[int, Sum] = 0
+    #: rows dropped as misaligned (ifd >= misaligned_ifd)
+    misaligned: Annotated[int, Sum] = 0
+    #: IFD before/after selection (only when the input has an ifd column)
+    ifd: IfdFigures | None = None
     #: distributions of all input rows / of the kept rows (task types, languages, complexity)
     before: dict[str, Any] = Field(default_factory=dict)
     after: dict[str, Any] = Field(default_factory=dict)
@@ -164,6 +225,11 @@ class SelectStage(Stage):
         self._pos = 0
         self._rank_seen: set[str] = set()
         self._rank_missing = 0
+        self._missing_note: dict[int, str] = {}
+        self._ifd = np.zeros(0, dtype=np.float64)
+        self._misaligned = np.zeros(0, dtype=bool)
+        self._ifd_examples: dict[int, str] = {}  # row -> which example list it belongs to
+        self._ifd_example_rows: dict[str, list[dict[str, Any]]] = {}
         self._before_sample: set[int] = set()
         self._after_sample: set[int] = set()
         self._texts: dict[str, list[tuple[str, str]]] = {"before": [], "after": []}
@@ -177,6 +243,7 @@ class SelectStage(Stage):
         ranks: list[np.ndarray] = []
         embs: list[np.ndarray] = []
         cplx: list[float] = []
+        ifd: list[float] = []
         for batch in batches:
             if not batch:
                 continue
@@ -188,7 +255,11 @@ class SelectStage(Stage):
                 c = r.attrs.get("complexity")
                 if c is None:
                     c = complexity_score(next(missing_cx))
+                v = r.attrs.get("ifd")
+                ifd.append(math.nan if v is None else float(v))
                 r_batch[i] = self._rank_value(r, float(c), rank_cols, weights)
+                if math.isnan(r_batch[i]):
+                    self._note_missing(r, rank_cols)
                 cplx.append(float(c))
                 self._ids.append(r.id)
                 self._task.append(r.attrs.get("task_type") or next(missing_task))
@@ -210,13 +281,21 @@ class SelectStage(Stage):
             self._rank = np.concatenate(ranks)
             self._emb = np.concatenate(embs)
             self._complexity = np.asarray(cplx, dtype=np.float32)
+            self._ifd = np.asarray(ifd, dtype=np.float64)
         n = len(self._ids)
         self._nn_sim = np.full(n, np.nan, dtype=np.float32)
         self._nn_idx = np.full(n, -1, dtype=np.int64)
+        self._misaligned = np.zeros(n, dtype=bool)
+        if self.config.misaligned_ifd is not None:
+            with np.errstate(invalid="ignore"):
+                self._misaligned = self._ifd >= self.config.misaligned_ifd
         if self.config.method == "kcenter":
             self._keep = self._select_kcenter()
+        elif self.config.method == "random":
+            self._keep = self._select_random()
         else:
             self._keep = self._select_score_first()
+        self._pick_ifd_examples()
         kept = np.flatnonzero(self._keep)
         m = min(self.config.sample_rows, len(kept))
         self._before_sample = set(sample_indices(n, m, self.config.seed).tolist())
@@ -248,9 +327,28 @@ class SelectStage(Stage):
             score *= v
         return score
 
+    def _note_missing(self, r: Record, cols: list[str]) -> None:
+        """Remember why a row has no ranking score, when its scorer said so (``<column>_note``)."""
+        for col in cols:
+            note = r.attrs.get(f"{col}_note")
+            if r.attrs.get(col) is None and note:
+                self._missing_note[len(self._ids)] = f"{col}_note: {note}"
+                return
+
     def _order(self) -> np.ndarray:
-        """Row indices by descending ranking score (unscored rows last), input order breaking ties."""
-        return np.lexsort((np.arange(len(self._rank)), -self._rank_key()))
+        """Candidate row indices by descending ranking score (unscored rows last), input order breaking
+        ties; misaligned rows are never candidates."""
+        order = np.lexsort((np.arange(len(self._rank)), -self._rank_key()))
+        return order[~self._misaligned[order]]
+
+    def _select_random(self) -> np.ndarray:
+        n = len(self._ids)
+        keep = np.zeros(n, dtype=bool)
+        candidates = np.flatnonzero(~self._misaligned)
+        budget = self.config.budget if self.config.budget is not None else len(candidates)
+        picked = np.random.default_rng(self.config.seed).permutation(candidates)[:budget]
+        keep[picked] = True
+        return keep
 
     def _rank_key(self) -> np.ndarray:
         return np.where(np.isnan(self._rank), -np.inf, self._rank)
@@ -310,8 +408,12 @@ class SelectStage(Stage):
         rank_key = self._rank_key()
         xa = self._emb.astype(np.float32)
         sim_a = best_sim.copy()
+        sim_a[self._misaligned] = np.inf  # never picked, like a centre
         nn_a = nn.copy()
-        pos = int(self._order()[0])  # the first centre: the best-ranked row
+        order = self._order()
+        if len(order) == 0:
+            return keep
+        pos = int(order[0])  # the first centre: the best-ranked row
         for step in range(budget):
             center = int(active[pos])
             keep[center] = True
@@ -359,17 +461,40 @@ class SelectStage(Stage):
             r.attrs["selection_score"] = None if math.isnan(rank) else round(rank, 6)
             if p in self._before_sample:
                 self._texts["before"].append((r.instruction(), r.lang))
+            if p in self._ifd_examples:
+                self._ifd_example_rows.setdefault(self._ifd_examples[p], []).append(_example(r, self._ifd[p]))
             if self._keep[p]:
                 if p in self._after_sample:
                     self._texts["after"].append((r.instruction(), r.lang))
                 out.kept.append(r)
                 continue
+            if self._misaligned[p]:
+                out.dropped.append(self._drop_misaligned(r, p))
+                continue
             out.dropped.append(self._drop(r, p, rank))
         return out
 
+    def _drop_misaligned(self, r: Record, p: int) -> Drop:
+        with_i, without = r.attrs.get("ifd_loss_given_instruction"), r.attrs.get("ifd_loss_answer_only")
+        losses = (
+            f" (answer loss {with_i:.3f} nats/token with the instruction, {without:.3f} without)"
+            if isinstance(with_i, float) and isinstance(without, float)
+            else ""
+        )
+        return Drop(
+            r,
+            "misaligned",
+            f"ifd {self._ifd[p]:.3f} >= {self.config.misaligned_ifd:g}: the instruction does not help "
+            f"predict the answer{losses}",
+        )
+
     def _drop(self, r: Record, p: int, rank: float) -> Drop:
         # a row whose rank_by column is empty ranked last
-        score = f"score {rank:.4f}" if not math.isnan(rank) else f"no score ({self.config.rank_description()} empty)"
+        if math.isnan(rank):
+            why = f"; {self._missing_note[p]}" if p in self._missing_note else ""
+            score = f"no score ({self.config.rank_description()} empty{why})"
+        else:
+            score = f"score {rank:.4f}"
         thr = self.config.similarity_threshold
         sim, nn = float(self._nn_sim[p]), int(self._nn_idx[p])
         if nn >= 0 and sim >= thr:
@@ -408,6 +533,8 @@ class SelectStage(Stage):
             "score_cutoff": self._cutoff(kept),
             "rank_by": self.config.rank_description(),
             "rank_missing": self._rank_missing,
+            "misaligned": int(self._misaligned.sum()),
+            "ifd": self._ifd_figures(kept),
             "before": self._distribution(all_idx),
             "after": self._distribution(kept),
             "diversity": {
@@ -433,6 +560,50 @@ class SelectStage(Stage):
                 f"budget {self.config.budget} not filled (raise the threshold to fill it)"
             )
         return SelectFigures(**out)
+
+    def _pick_ifd_examples(self) -> None:
+        """Rows shown as IFD examples: the lowest, the highest kept, the highest dropped as misaligned."""
+        self._ifd_examples, self._ifd_example_rows = {}, {}
+        scored = np.flatnonzero(~np.isnan(self._ifd))
+        if not len(scored):
+            return
+        by_ifd = scored[np.lexsort((scored, self._ifd[scored]))]  # ascending, input order breaking ties
+        kinds = {
+            "lowest": by_ifd[:IFD_EXAMPLES],
+            "highest_kept": by_ifd[self._keep[by_ifd]][::-1][:IFD_EXAMPLES],
+            "misaligned": by_ifd[self._misaligned[by_ifd]][::-1][:IFD_EXAMPLES],
+        }
+        for kind, rows in kinds.items():
+            for p in rows:
+                self._ifd_examples.setdefault(int(p), kind)
+
+    def _ifd_figures(self, kept: np.ndarray) -> IfdFigures | None:
+        scored = ~np.isnan(self._ifd)
+        if not scored.any():
+            return None
+
+        def hist(values: np.ndarray) -> list[int]:
+            clipped = np.clip(values[~np.isnan(values)], IFD_EDGES[0], IFD_EDGES[-1])
+            return [int(v) for v in np.histogram(clipped, bins=IFD_EDGES)[0]]
+
+        def summary(values: np.ndarray) -> dict[str, Any]:
+            v = values[~np.isnan(values)]
+            if not len(v):
+                return {"rows": 0}
+            return {"rows": int(len(v)), "mean": round(float(v.mean()), 4), "median": round(float(np.median(v)), 4)}
+
+        examples = {
+            kind: sorted(rows, key=lambda e: e["ifd"], reverse=kind != "lowest")
+            for kind, rows in self._ifd_example_rows.items()
+        }
+        return IfdFigures(
+            threshold=self.config.misaligned_ifd,
+            edges=IFD_EDGES,
+            before={**summary(self._ifd), "histogram": hist(self._ifd)},
+            after={**summary(self._ifd[kept]), "histogram": hist(self._ifd[kept])},
+            unscored=int((~scored).sum()),
+            examples=examples,
+        )
 
     def _cutoff(self, kept: np.ndarray) -> float | None:
         """The lowest ranking score kept when the budget was filled (rows without one left out)."""
@@ -464,3 +635,15 @@ class SelectStage(Stage):
             "distinct_2": distinct_n(texts, 2),
             "verb_noun": verb_noun_stats((verb_noun(t, lang) for t, lang in rows), top=10),
         }
+
+
+def _example(r: Record, ifd: float) -> dict[str, Any]:
+    """A row shown in the IFD figures: its id, IFD, losses and the start of its instruction and answer."""
+    return {
+        "id": r.id,
+        "ifd": round(float(ifd), 4),
+        "loss_given_instruction": r.attrs.get("ifd_loss_given_instruction"),
+        "loss_answer_only": r.attrs.get("ifd_loss_answer_only"),
+        "instruction": r.instruction()[:300],
+        "answer": r.response()[:300],
+    }

@@ -782,6 +782,9 @@ def target_eval(
         ci_high=high,
         base_perplexity=float(math.exp(b.mean())),
         tuned_perplexity=float(math.exp(t.mean())),
+        ids=[r.id for r in records],
+        base_nll_rows=[float(x) for x in b],
+        tuned_nll_rows=[float(x) for x in t],
     )
 
 

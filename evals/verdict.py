@@ -169,6 +169,11 @@ class TargetResult(_Model):
     base_perplexity: float | None = None
     tuned_perplexity: float | None = None
     note: str | None = None
+    #: per held-out record (same order): its id and NLL per assistant token, base and tuned, so two tuned
+    #: models evaluated on the same rows can be compared row by row (``flows.experiments``)
+    ids: list[str] = Field(default_factory=list)
+    base_nll_rows: list[float] = Field(default_factory=list)
+    tuned_nll_rows: list[float] = Field(default_factory=list)
 
 
 class RigidityResult(_Model):

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import typer
 
 from curation.errors import SftflowError
-from flows.console import UserError, app, console, out_console, progress_bars
+from flows.console import UserError, app, console, library_output_to, out_console, progress_bars
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS_HELP = "worker processes for per-row stages (default: $SFTFLOW_WORKERS, else one per core)"
@@ -356,18 +356,34 @@ def demo(
 @app.command()
 def experiment(
     recipe: Path = typer.Option(..., "--recipe", help="an experiment recipe, e.g. configs/experiments/replay.yaml"),
-    out: str | None = typer.Option(None, "--out"),
+    out: str | None = typer.Option(None, "--out", help="run folder (reuse one to reuse its finished arms)"),
     sets: list[str] = typer.Option([], "--set"),
+    search: str | None = typer.Option(None, "--search", help="replay: raise the replay ratio step by step "
+                                      "(experiment.search) until an arm PASSes"),
 ) -> None:
-    """Replay experiment: the same narrow SFT at several replay ratios, each evaluated against the base."""
-    from flows.experiments import replay_flow
+    """Experiments: replay ratios, the replay search, named arms (e.g. selection by IFD / complexity / random),
+    curated vs raw data; every arm compared with the first on the same items."""
+    from flows.experiments import arms_flow, curation_flow, replay_flow, replay_setup
     from flows.recipe import load_recipe
 
     r = load_recipe(recipe, sets)
-    if r.experiment is None:
-        raise UserError(f"{recipe}: no `experiment:` section")
-    cmd = " ".join(["sftflow experiment --recipe", str(recipe), *[f"--set {s}" for s in sets]])
-    res = replay_flow(r, out, command=cmd)
+    if search is not None and search != "replay":
+        raise UserError(f"--search {search}: the only search is `replay`")
+    if search is None and r.experiment is None:
+        raise UserError(f"{recipe}: no `experiment:` section (or use --search replay)")
+    if search is not None or r.experiment.kind == "replay":  # type: ignore[union-attr]
+        try:
+            replay_setup(r)  # a missing general pool is one line now, not after curation
+        except SftflowError as e:
+            raise UserError(f"{recipe}: {e}") from None
+    cmd = " ".join(["sftflow experiment --recipe", str(recipe), *[f"--set {s}" for s in sets]]
+                   + (["--search", search] if search else []))
+    if search is None and r.experiment is not None and r.experiment.kind == "curation":
+        res = curation_flow(r, out, command=cmd)
+    elif search is None and r.experiment is not None and r.experiment.kind == "arms":
+        res = arms_flow(r, out, command=cmd)
+    else:
+        res = replay_flow(r, out, command=cmd, search=search is not None)
     out_console.print(res["markdown"])
     out_console.print(f"run folder: {res['run_dir']}")
 
@@ -386,17 +402,18 @@ def _run_recipe(recipe: Path, out: str | None, resume: bool, sets: list[str], lo
 
         own_ephemeral_server()
     try:
-        if local:
-            with progress_bars() as pf:
-                runner.run(r, rd.root, resume=resume, steps=runner.ProgressSteps(pf, workers), upto=upto)
-        elif upto == "curate":
-            from flows.flows import curate_flow
+        with library_output_to(rd.library_log):
+            if local:
+                with progress_bars() as pf:
+                    runner.run(r, rd.root, resume=resume, steps=runner.ProgressSteps(pf, workers), upto=upto)
+            elif upto == "curate":
+                from flows.flows import curate_flow
 
-            curate_flow(r, str(rd), resume, workers=workers)
-        else:
-            from flows.flows import pipeline_flow
+                curate_flow(r, str(rd), resume, workers=workers)
+            else:
+                from flows.flows import pipeline_flow
 
-            pipeline_flow(r, str(rd), resume, workers=workers)
+                pipeline_flow(r, str(rd), resume, workers=workers)
     except runner.GateFailed as e:
         failed = e
     _finish(rd, failed)

@@ -35,6 +35,31 @@ def report(
         serve_folder(run_dir, port)
 
 
+
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="a curated run folder (runs/<name>-<time>)"),
+    out: Path | None = typer.Option(None, "--out", help="export folder (default RUN/export)"),
+    fmt: str = typer.Option("hf", "--format", help="hf (parquet, the hub's layout) or jsonl"),
+    licenses: list[str] = typer.Option([], "--license", help="license id of the sources (repeatable); default: "
+                                                             "the recipe's export.license"),
+    push_to_hub: str | None = typer.Option(None, "--push-to-hub", help="owner/name: upload as a hub dataset"),
+    public: bool = typer.Option(False, "--public", help="with --push-to-hub: a public repo (default private)"),
+) -> None:
+    """The curated rows (chat `messages` form) + a dataset card, loadable with datasets.load_dataset(DIR)."""
+    from curation.errors import format_validation_error
+    from flows.export import ExportConfig, export_run
+
+    try:
+        cfg = ExportConfig(format=fmt, license=licenses, push_to_hub=push_to_hub, private=not public)
+    except Exception as e:  # pydantic ValidationError
+        raise UserError(format_validation_error(e) if hasattr(e, "errors") else str(e)) from None
+    dest = export_run(run_dir, out, cfg)
+    out_console.print(f"dataset: {dest} (load with datasets.load_dataset({str(dest)!r}))")
+    out_console.print(f"card: {dest / 'README.md'}")
+    if push_to_hub:
+        out_console.print(f"pushed: https://huggingface.co/datasets/{push_to_hub}")
+
 def print_run(run: dict, history: list[dict]) -> None:
     """The run in the terminal: funnel, top drop reasons, training, verdict, trend."""
     from rich.table import Table

@@ -17,3 +17,6 @@ from curation.registry import SCORERS, SERVICES  # noqa: F401  (used by the regi
 
 # the benchmark items of an eval suite, for the decontamination stage (curation.decontam)
 SERVICES.register("benchmark_documents", "evals.benchmarks:benchmark_documents")
+
+# instruction-following difficulty from the base model (score: {ifd: {model: ...}})
+SCORERS.register("ifd", "training.ifd:IFDScorer")

@@ -42,6 +42,7 @@ from curation.io import atomic_path
 from curation.mix import MixFigures
 from curation.pipeline import CurateSummary
 from curation.rundir import RunDir
+from curation.select import IfdFigures, SelectFigures
 from curation.stats import Figures, StageStats
 from evals.verdict import Verdict, VerdictFileError
 
@@ -65,6 +66,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("funnel", "Funnel"),
     ("drops", "Dropped rows"),
     ("scores", "Scores"),
+    ("ifd", "Instruction-following difficulty"),
     ("dedup", "Duplicates"),
     ("contamination", "Contamination"),
     ("distributions", "Task types & languages"),
@@ -73,6 +75,8 @@ SECTIONS: list[tuple[str, str]] = [
     ("training", "Training"),
     ("eval", "Before/after eval"),
     ("replay", "Replay experiment"),
+    ("curation", "Curated vs raw"),
+    ("arms", "Experiment arms"),
     ("trend", "Trend"),
     ("stage-details", "Stage details"),
 ]
@@ -256,7 +260,7 @@ def read_output_columns(path: Path) -> dict[str, Any]:
         return out
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
-    numeric = [c for c in ("quality", "complexity", "selection_score") if c in names and
+    numeric = [c for c in ("quality", "complexity", "ifd", "selection_score") if c in names and
                (pa.types.is_floating(pf.schema_arrow.field(c).type) or pa.types.is_integer(pf.schema_arrow.field(c).type))]
     categorical = [c for c in ("task_type", "lang", "mix_source", "source") if c in names]
     values: dict[str, list[np.ndarray]] = {c: [] for c in numeric}
@@ -322,6 +326,8 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         "train_log": read_train_log(rd.train.log),
         "verdict": _read_verdict(rd.eval.verdict),
         "replay": _read_json(rd.replay_json),
+        "curation": _read_json(rd.experiment_json("curation")),
+        "arms": _read_json(rd.experiment_json("arms")),
     }
 
 
@@ -644,6 +650,63 @@ def _scores(run: dict[str, Any], figure: _Figures) -> str:
     return "".join(parts) or _not_run("Quality and score stages")
 
 
+def _select_ifd(run: dict[str, Any]) -> IfdFigures | None:
+    fig = _figures(run["stages"], "select", SelectFigures)
+    return fig.ifd if fig is not None else None
+
+
+def _has_ifd(run: dict[str, Any]) -> bool:
+    return _select_ifd(run) is not None or "ifd" in run["output"]["scores"]
+
+
+def _ifd(run: dict[str, Any], figure: _Figures) -> str:
+    """IFD before/after selection (select's figures) and the rows at both ends; else the curated output's."""
+    import plotly.graph_objects as go
+
+    parts = ['<p>IFD = perplexity of the answer given the instruction / without it, under the base model '
+             '(<code>score: {ifd: ...}</code>). Low: the instruction nearly gives the answer away; close to 1: '
+             'the row teaches the model something; at or above the threshold the instruction does not help '
+             'predict the answer at all, and select drops the row as <code>misaligned</code>.</p>']
+    f = _select_ifd(run)
+    if f is not None:
+        sel = _figures(run["stages"], "select", SelectFigures)
+        edges, before, after = f.edges, f.before, f.after
+        parts.append(_table(["", "rows scored", "mean", "median"], [
+            ["before selection", before.rows, before.mean, before.median],
+            ["after selection", after.rows, after.mean, after.median]]))
+        parts.append(_pairs_table([("misaligned threshold (ifd >=)", f.threshold),
+                                   ("dropped as misaligned", sel.misaligned if sel else None),
+                                   ("rows without an IFD (see ifd_note)", f.unscored)]))
+        labels = [f"{edges[i]:.1f}–{edges[i + 1]:.1f}" for i in range(len(edges) - 1)]
+        labels[-1] = f"≥ {edges[-2]:.1f}"
+        fig = go.Figure([
+            go.Bar(name="before selection", x=labels, y=before.histogram, marker_color=_COLORS["before"]),
+            go.Bar(name="after selection", x=labels, y=after.histogram, marker_color=_COLORS["after"])])
+        if f.threshold is not None:
+            at = min(range(len(edges) - 1), key=lambda i: abs(edges[i] - f.threshold))
+            fig.add_vline(x=at - 0.5, line_dash="dash", line_color="#b91c1c")
+        parts.append(figure(fig.update_layout(title="IFD before/after selection (dashed: misaligned threshold)",
+                                              barmode="group", xaxis_title="IFD", yaxis_title="rows"), height=320))
+        titles = {"lowest": "Lowest IFD (the instruction makes the answer easiest)",
+                  "highest_kept": "Highest IFD kept (hardest rows the model will learn from)",
+                  "misaligned": "Dropped as misaligned (highest IFD)"}
+        for kind, title in titles.items():
+            rows = f.examples.get(kind) or []
+            if rows:
+                parts.append(f"<h3>{esc(title)}</h3>" + _table(
+                    ["id", "IFD", "loss with / without instruction", "instruction", "answer"],
+                    [[e.id, e.ifd, f"{fmt(e.loss_given_instruction, 3)} / {fmt(e.loss_answer_only, 3)}",
+                      _cut(e.instruction, 200), _cut(e.answer, 200)] for e in rows]))
+        return "".join(parts)
+    arr = run["output"]["scores"].get("ifd")
+    if arr is None:
+        return _not_run("IFD scoring")
+    fig = go.Figure(go.Histogram(x=arr, nbinsx=30, marker_color=_COLORS["after"]))
+    parts.append(figure(fig.update_layout(title="IFD of the curated output (no select stage)", xaxis_title="IFD",
+                                          yaxis_title="rows"), height=300))
+    return "".join(parts)
+
+
 def _dedup(run: dict[str, Any], figure: _Figures) -> str:
     st = _stage(run["stages"], "dedup")
     if st is None:
@@ -951,32 +1014,131 @@ def _eval(run: dict[str, Any], figure: _Figures) -> str:
     return "".join(parts)
 
 
-def _replay(run: dict[str, Any], figure: _Figures) -> str:
-    """The replay experiment (flows/experiments.py): target gain vs general deltas per replay ratio."""
-    import plotly.graph_objects as go
+def _ci_cell(t: Any) -> str:
+    t = _dict(t)
+    if _num(t.get("delta")) is None:
+        return "-"
+    return f"{fmt(_num(t.get('delta')))} [{fmt(_num(t.get('ci_low')))}, {fmt(_num(t.get('ci_high')))}]"
 
-    arms = [a for a in _list(_dict(run.get("replay")).get("arms")) if isinstance(a, dict)]
-    if not arms:
-        return _not_run("Replay experiment (only experiment runs have one)")
-    tasks = [k for k in arms[0] if f"{k}_ci" in arms[0]]
+
+def _p_cell(t: Any) -> str:
+    t = _dict(t)
+    p = t.get("p_holm") if t.get("p_holm") is not None else t.get("p_value")
+    return "-" if _num(p) is None else f"{p:.3g}"
+
+
+def _experiment_tables(exp: dict[str, Any], first: str) -> str:
+    """An experiment's per-arm table (vs the base) and its arm-vs-reference table (flows/experiments.py)."""
+    arms = [a for a in _list(exp.get("arms")) if isinstance(a, dict)]
+    tasks = [k for k in arms[0] if f"{k}_ci" in arms[0] and k != "target_gain"]
     rows = []
     for a in arms:
-        cells = [a.get("ratio"), a.get("general_rows"), a.get("train_loss"), _num(a.get("target_gain"))]
+        lo, hi = (list(a.get("target_gain_ci") or []) + [None, None])[:2]
+        cells = [a.get("arm", a.get("ratio")), a.get("rows_trained"), a.get("train_loss"),
+                 f"{fmt(_num(a.get('heldout_nll_base')))} → {fmt(_num(a.get('heldout_nll_tuned')))}",
+                 f"{fmt(_num(a.get('target_gain')))} [{fmt(_num(lo))}, {fmt(_num(hi))}]", _ci_cell(a.get("suite"))]
         for t in tasks:
             lo, hi = (list(a.get(f"{t}_ci") or []) + [None, None])[:2]
             cells.append(f"{fmt(_num(a.get(t)))} [{fmt(_num(lo))}, {fmt(_num(hi))}]")
         cells.append(a.get("verdict"))
         rows.append(cells)
-    parts = [_table(["replay ratio", "general rows", "train loss", "target gain (NLL/token)",
-                     *[f"Δ {t} [95% CI]" for t in tasks], "verdict"], rows)]
+    parts = []
+    if exp.get("command"):
+        wall = _num(exp.get("wall_s"))
+        parts.append(f'<p class="note">Command: <code>{esc(exp["command"])}</code>'
+                     + (f"; wall time {wall / 60:.1f} min" if wall else "") + ".</p>")
+    parts.append(_table([first, "rows trained", "train loss", "held-out NLL base → tuned", "target gain [95% CI]",
+                         "suite Δ [95% CI]", *[f"Δ {t} [95% CI]" for t in tasks], "verdict"], rows))
+    vs = [a for a in arms if isinstance(a.get("vs"), dict)]
+    if vs:
+        ref = _dict(vs[0]["vs"]).get("reference")
+        parts.append(f"<p>Each arm vs {esc(ref)} on the same items and held-out rows (the gate's statistic, "
+                     "tuned vs tuned; NLL given up = arm − reference, nats per assistant token):</p>")
+        parts.append(_table(["arm", "general: pooled Δ [95% CI]", "p (Holm)", "target NLL given up [95% CI]", "p"],
+                            [[a.get("arm"), _ci_cell(a["vs"].get("general")), _p_cell(a["vs"].get("general")),
+                              _ci_cell(a["vs"].get("target_nll")), _p_cell(a["vs"].get("target_nll"))] for a in vs]))
+    recs = [(a.get("arm"), a.get("recommendation")) for a in arms if a.get("recommendation")]
+    if recs:
+        parts.append("<ul>" + "".join(f"<li>{esc(n)}: {esc(r)}</li>" for n, r in recs) + "</ul>")
+    return "".join(parts)
+
+
+def _replay(run: dict[str, Any], figure: _Figures) -> str:
+    """The replay experiment or search (flows/experiments.py): per arm vs the base, each arm vs the first."""
+    import plotly.graph_objects as go
+
+    exp = _dict(run.get("replay"))
+    arms = [a for a in _list(exp.get("arms")) if isinstance(a, dict)]
+    if not arms:
+        return _not_run("Replay experiment (only experiment runs have one)")
+    parts = [_experiment_tables(exp, "replay ratio")]
+    search = _dict(exp.get("search"))
+    if search:
+        parts.append(f"<p><b>Search</b> over {esc(', '.join(f'{r:g}' for r in _list(search.get('schedule'))))}: "
+                     f"{esc(search.get('outcome'))}</p>")
     fig = go.Figure()
     ratios = [a.get("ratio") for a in arms]
-    for t in tasks:
-        fig.add_trace(go.Scatter(x=ratios, y=[_num(a.get(t)) for a in arms], mode="lines+markers", name=_label(t)))
+    suites = [_dict(a.get("suite")) for a in arms]
+    if all(_num(s.get("delta")) is not None for s in suites):
+        fig.add_trace(go.Scatter(
+            x=ratios, y=[s["delta"] for s in suites], mode="lines+markers", name="suite Δ vs base",
+            error_y={"type": "data", "symmetric": False, "array": [s["ci_high"] - s["delta"] for s in suites],
+                     "arrayminus": [s["delta"] - s["ci_low"] for s in suites]}))
     fig.add_trace(go.Scatter(x=ratios, y=[_num(a.get("target_gain")) for a in arms], mode="lines+markers",
                              name="target gain", line={"dash": "dash", "width": 3}))
     fig.add_hline(y=0, line_color="#374151")
     parts.append(figure(fig.update_layout(title="tuned − base per replay ratio", xaxis_title="replay ratio",
+                                          yaxis_title="delta"), height=360))
+    return "".join(parts)
+
+
+def _curation(run: dict[str, Any]) -> str:
+    """Curated vs raw (flows/experiments.py): the same SFT on the raw sources and on the curated data."""
+    exp = _dict(run.get("curation"))
+    if not _list(exp.get("arms")):
+        return _not_run("Curated vs raw (only curation experiment runs have one)")
+    parts = []
+    ex = _dict(exp.get("excluded"))
+    if ex:
+        parts.append(f"<p>Raw arm: the ingested sources minus the held-out rows and copies of them "
+                     f"({ex.get('exact', 0)} exact, {ex.get('near', 0)} near copies removed).</p>")
+    parts.append(_experiment_tables(exp, "arm"))
+    if exp.get("reading"):
+        parts.append(f"<p>{esc(exp['reading'])}</p>")
+    return "".join(parts)
+
+
+def _arms(run: dict[str, Any], figure: _Figures) -> str:
+    """An arms experiment (flows/experiments.py): held-out gain and task deltas per arm, with CIs."""
+    import plotly.graph_objects as go
+
+    arms = [a for a in _list(_dict(run.get("arms")).get("arms")) if isinstance(a, dict)]
+    if not arms:
+        return _not_run("Experiment arms (only arms experiments have them)")
+    tasks = [k for k in arms[0] if f"{k}_ci" in arms[0] and k != "target_gain"]
+
+    def ci(a: dict, key: str, ci_key: str) -> str:
+        lo, hi = (list(a.get(ci_key) or []) + [None, None])[:2]
+        return f"{fmt(_num(a.get(key)))} [{fmt(_num(lo))}, {fmt(_num(hi))}]"
+
+    rows = [[a.get("arm"), a.get("rows"), a.get("train_loss"),
+             f"{fmt(_num(a.get('heldout_nll_base')))} → {fmt(_num(a.get('heldout_nll_tuned')))}",
+             ci(a, "target_gain", "target_gain_ci"), *[ci(a, t, f"{t}_ci") for t in tasks], a.get("verdict")]
+            for a in arms]
+    parts = [_table(["arm", "rows trained", "train loss", "held-out NLL base → tuned", "held-out gain [95% CI]",
+                     *[f"Δ {t} [95% CI]" for t in tasks], "verdict"], rows)]
+    names = [str(a.get("arm")) for a in arms]
+    fig = go.Figure()
+    for key, label in [("target_gain", "held-out gain (NLL/token)"), *[(t, _label(t)) for t in tasks]]:
+        ci_key = "target_gain_ci" if key == "target_gain" else f"{key}_ci"
+        y = [_num(a.get(key)) for a in arms]
+        lo = [_num((list(a.get(ci_key) or []) + [None])[0]) for a in arms]
+        hi = [_num((list(a.get(ci_key) or []) + [None, None])[1]) for a in arms]
+        err = {"type": "data", "array": [h - v if None not in (h, v) else 0 for h, v in zip(hi, y, strict=True)],
+               "arrayminus": [v - lo_ if None not in (lo_, v) else 0 for lo_, v in zip(lo, y, strict=True)]}
+        fig.add_trace(go.Bar(name=label, x=names, y=y, error_y=err))
+    fig.add_hline(y=0, line_color="#374151")
+    parts.append(figure(fig.update_layout(title="per arm: held-out gain and task deltas (95% CI)", barmode="group",
                                           yaxis_title="delta"), height=360))
     return "".join(parts)
 
@@ -1061,6 +1223,7 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "funnel": lambda: _funnel(run, figure),
         "drops": lambda: _drops(run),
         "scores": lambda: _scores(run, figure),
+        "ifd": lambda: _ifd(run, figure),
         "dedup": lambda: _dedup(run, figure),
         "contamination": lambda: _contamination(run),
         "distributions": lambda: _distributions(run, figure),
@@ -1069,6 +1232,8 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "training": lambda: _training(run, figure),
         "eval": lambda: _eval(run, figure),
         "replay": lambda: _replay(run, figure),
+        "curation": lambda: _curation(run),
+        "arms": lambda: _arms(run, figure),
         "trend": lambda: _trend(history, figure),
         "stage-details": lambda: _stage_details(run),
     }
@@ -1080,8 +1245,9 @@ def render_report(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
             log.warning("report section %s of %s failed: %s: %s", sid, run["run_dir"], type(e).__name__, e)
             bodies[sid] = f'<p class="warn">{SECTION_FAILED}: {esc(type(e).__name__)}: {esc(e)}</p>'
 
-    # the replay section belongs to experiment runs only
-    shown = [(sid, title) for sid, title in SECTIONS if sid != "replay" or run.get("replay")]
+    # the experiment sections belong to experiment runs only, the IFD section to runs that scored IFD
+    shown = [(sid, title) for sid, title in SECTIONS
+             if (sid not in ("replay", "arms", "curation") or run.get(sid)) and (sid != "ifd" or _has_ifd(run))]
     nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in shown)
     sections = "".join(_section(sid, title, bodies[sid]) for sid, title in shown)
     title = f"sftflow report: {run['name']}"

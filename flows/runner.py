@@ -33,6 +33,8 @@ from flows.recipe import Recipe
 
 STEPS = ("curate", "split", "train", "eval", "gate")
 Step = Literal["curate", "split", "train", "eval", "gate"]
+#: what :meth:`Steps.after` is called with: a step, or ``export`` (when the recipe has an ``export:`` section)
+Published = Literal["curate", "split", "train", "eval", "export"]
 
 
 class GateFailed(RuntimeError):
@@ -113,6 +115,15 @@ def step_eval(recipe: Recipe, rd: RunDir, heldout: str | os.PathLike | None, pro
     return verdict
 
 
+def step_export(recipe: Recipe, rd: RunDir) -> Path:
+    """The recipe's ``export:``: the curated rows + dataset card (default into ``RUN/export``); returns the folder."""
+    from flows.export import export_run
+
+    cfg = recipe.export
+    assert cfg is not None, "step_export needs a recipe with an export section"
+    return export_run(rd.root, recipe.resolve(cfg.out) if cfg.out else None, cfg)
+
+
 def gate(recipe: Recipe, verdict: Verdict) -> str:
     """Apply the recipe's gate to a verdict: returns 'ok' / 'warn', raises GateFailed on 'fail'."""
     v = verdict.verdict
@@ -154,8 +165,17 @@ class Steps:
     def eval(self, recipe: Recipe, rd: RunDir, heldout: str | None) -> Verdict:
         return step_eval(recipe, rd, heldout)
 
-    def after(self, step: Step, recipe: Recipe, rd: RunDir, result: Any) -> None:
+    def export(self, recipe: Recipe, rd: RunDir) -> Path:
+        return step_export(recipe, rd)
+
+    def gate(self, recipe: Recipe, verdict: Verdict) -> str:
+        return gate(recipe, verdict)
+
+    def after(self, step: Published, recipe: Recipe, rd: RunDir, result: Any) -> None:
         """Called after each step with its result (``run.json`` is already updated)."""
+
+    def finish(self, recipe: Recipe, rd: RunDir, out: dict[str, Any]) -> None:
+        """Called once when every step that ran has finished (before the gate decides)."""
 
     def gate_outcome(self, recipe: Recipe, verdict: Verdict, outcome: str) -> None:
         """Called when the gate passed or warned (a failed gate raises :class:`GateFailed`)."""
@@ -214,7 +234,9 @@ def run(
 
     ``start="split"`` fine-tunes an already curated folder;
     ``start="eval"`` evaluates an already trained one. Returns what each step returned:
-    ``{"run_dir", "curate", "split", "train", "verdict", "gate"}`` (the steps that ran). Raises
+    ``{"run_dir", "curate", "split", "train", "verdict", "export", "gate"}`` (the steps that ran). With an
+    ``export:`` section the run exports its curated rows and dataset card after its last step (not when it
+    stops at ``train``), before the gate decides. Raises
     :class:`GateFailed` when the gate fails — after everything, the report included, is written.
     """
     steps = steps or Steps()
@@ -226,24 +248,32 @@ def run(
             out["curate"] = steps.curate(recipe, rd, resume)
             write_run_info(rd, recipe, curate=out["curate"])
             steps.after("curate", recipe, rd, out["curate"])
-        if recipe.train is None:
-            return out
-        if "split" in wanted:
-            out["split"] = steps.split(recipe, rd)
-            write_run_info(rd, recipe, split=out["split"])
-            steps.after("split", recipe, rd, out["split"])
-        if "train" in wanted:
-            out["train"] = steps.train(recipe, str(rd.split_train), rd, resume)
-            write_run_info(rd, recipe, train=out["train"])
-            steps.after("train", recipe, rd, out["train"])
-        if recipe.eval is None:
-            return out
-        if "eval" in wanted:
-            heldout = str(rd.split_heldout) if rd.split_heldout.exists() else None
-            out["verdict"] = steps.eval(recipe, rd, heldout)
-            write_run_info(rd, recipe, verdict=out["verdict"].verdict)
-            steps.after("eval", recipe, rd, out["verdict"])
+        if recipe.train is not None:
+            _train_and_eval(recipe, rd, steps, wanted, resume, out)
+        # the export's card carries what ran before it (the verdict too); a run that stops at train does not export
+        if recipe.export is not None and upto in ("curate", "gate"):
+            out["export"] = str(steps.export(recipe, rd))
+            write_run_info(rd, recipe, export=out["export"])
+            steps.after("export", recipe, rd, out["export"])
+        steps.finish(recipe, rd, out)
         if "gate" in wanted and "verdict" in out:
-            out["gate"] = gate(recipe, out["verdict"])  # raises GateFailed → the flow run fails
+            out["gate"] = steps.gate(recipe, out["verdict"])  # raises GateFailed → the flow run fails
             steps.gate_outcome(recipe, out["verdict"], out["gate"])
     return out
+
+
+def _train_and_eval(recipe: Recipe, rd: RunDir, steps: Steps, wanted: Sequence[str], resume: bool,
+                    out: dict[str, Any]) -> None:
+    if "split" in wanted:
+        out["split"] = steps.split(recipe, rd)
+        write_run_info(rd, recipe, split=out["split"])
+        steps.after("split", recipe, rd, out["split"])
+    if "train" in wanted:
+        out["train"] = steps.train(recipe, str(rd.split_train), rd, resume)
+        write_run_info(rd, recipe, train=out["train"])
+        steps.after("train", recipe, rd, out["train"])
+    if recipe.eval is not None and "eval" in wanted:
+        heldout = str(rd.split_heldout) if rd.split_heldout.exists() else None
+        out["verdict"] = steps.eval(recipe, rd, heldout)
+        write_run_info(rd, recipe, verdict=out["verdict"].verdict)
+        steps.after("eval", recipe, rd, out["verdict"])

@@ -19,7 +19,8 @@ def funnel_rows(summary: CurateSummary) -> list[dict[str, Any]]:
             "rows_in": st.rows_in,
             "added": st.rows_added,
             "rows_out": st.rows_out,
-            "dropped": ", ".join(f"{k}={v}" for k, v in st.dropped_by_reason.items()) or "-",
+            # "none", not "-": the Prefect UI renders table cells as markdown, where "-" is a list bullet
+            "dropped": ", ".join(f"{k}={v}" for k, v in st.dropped_by_reason.items()) or "none",
             "cached": st.cached,
         }
         for st in summary.stages
@@ -136,17 +137,16 @@ _HEAD = ["task", "status", "n", "accuracy base → tuned", "acc Δ [95% CI]", "p
          "p (sign-flip)", "p Holm"]
 
 
-def eval_markdown(verdict: Verdict) -> str:
-    lines = [
-        f"# Verdict: **{verdict.verdict}**",
-        "",
-        verdict.reason,
-        "",
-        "| " + " | ".join(_HEAD) + " |",
-        "|---|---|---:|---|---|---:|---|---:|---:|",
-    ]
+def verdict_table_markdown(verdict: Verdict) -> list[str]:
+    """The per-task (and suite) before/after table as markdown lines (Prefect artifact, dataset card)."""
+    lines = ["| " + " | ".join(_HEAD) + " |", "|---|---|---:|---|---|---:|---|---:|---:|"]
     for r in verdict_rows(verdict):
-        lines.append("| " + " | ".join(_task_cells(r)) + " |")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _task_cells(r)) + " |")
+    return lines
+
+
+def eval_markdown(verdict: Verdict) -> str:
+    lines = [f"# Verdict: **{verdict.verdict}**", "", verdict.reason, "", *verdict_table_markdown(verdict)]
     if verdict.uninformative:
         lines += ["", "Uninformative (base model at chance, left out of the gate): " + ", ".join(
             f"{t} ({verdict.tasks[t].note})" for t in verdict.uninformative)]

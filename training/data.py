@@ -78,8 +78,11 @@ class TokenizedExamples:
         )
 
 
-class _Skip(Exception):
+class SkipExample(Exception):
+    """A record that cannot be used as an example: ``reason`` (a ledger-style name) and ``detail``."""
+
     def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason, self.detail = reason, detail
 
 
@@ -87,16 +90,17 @@ def _render(tok, messages: list[dict[str, str]], add_generation_prompt: bool) ->
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def _check_messages(messages: list[dict[str, str]]) -> None:
+def check_messages(messages: list[dict[str, str]]) -> None:
+    """Raise :class:`SkipExample` unless the conversation has a non-empty assistant turn and known roles."""
     if not messages:
-        raise _Skip("empty_record", "no messages")
+        raise SkipExample("empty_record", "no messages")
     for i, m in enumerate(messages):
         if m["role"] not in ROLES:
-            raise _Skip("unknown_role", f"message {i} has role {m['role']!r} (expected one of {ROLES})")
+            raise SkipExample("unknown_role", f"message {i} has role {m['role']!r} (expected one of {ROLES})")
         if m["role"] == "assistant" and not (m["content"] or "").strip():
-            raise _Skip("empty_assistant_turn", f"message {i} is an empty assistant turn")
+            raise SkipExample("empty_assistant_turn", f"message {i} is an empty assistant turn")
     if not any(m["role"] == "assistant" for m in messages):
-        raise _Skip("no_assistant_turn", "nothing to train on: the conversation has no assistant turn")
+        raise SkipExample("no_assistant_turn", "nothing to train on: the conversation has no assistant turn")
 
 
 def assistant_spans(tok, record_id: str, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
@@ -118,35 +122,65 @@ def assistant_spans(tok, record_id: str, messages: list[dict[str, str]]) -> tupl
     return full, spans
 
 
-def _label_from_offsets(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> np.ndarray:
-    trained = np.zeros(len(offsets), np.bool_)
+def render_chat(tok, record_id: str, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """:func:`check_messages` + :func:`assistant_spans`; a template that refuses the conversation is a
+    :class:`SkipExample` (``template_error``), a template that cannot be masked a :class:`TemplateError`."""
+    check_messages(messages)
+    try:
+        return assistant_spans(tok, record_id, messages)
+    except jinja2.TemplateError as e:  # e.g. the template's raise_exception("roles must alternate")
+        raise SkipExample("template_error", f"the chat template refused this conversation: {e}") from None
+
+
+def _turn_from_offsets(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> np.ndarray:
+    turn = np.full(len(offsets), -1, np.int32)
     starts = [s for s, _ in spans]
     for t, (a, b) in enumerate(offsets):
         if b <= a:  # special tokens with an empty span: belong to where they sit
             a = b = a
         k = bisect.bisect_right(starts, a) - 1
         if k >= 0 and a < spans[k][1]:
-            trained[t] = True
-    return trained
+            turn[t] = k
+    return turn
 
 
 def _encode_by_segments(tok, text: str, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
     """For tokenizers without character offsets: tokenise prompt and answer pieces one by one.
 
     Token boundaries then fall on turn boundaries, which can differ slightly from tokenising the whole
-    text at once (inference); fast tokenizers take the exact path in :func:`tokenize_records`.
+    text at once (inference); fast tokenizers take the exact path in :func:`encode_conversations`.
     """
     ids: list[int] = []
-    trained: list[bool] = []
+    turn: list[int] = []
     at = 0
-    for start, end in spans + [(len(text), len(text))]:
-        for piece, is_answer in ((text[at:start], False), (text[start:end], True)):
+    for k, (start, end) in enumerate(spans + [(len(text), len(text))]):
+        for piece, label in ((text[at:start], -1), (text[start:end], k)):
             if piece:
                 toks = tok(piece, add_special_tokens=False)["input_ids"]
                 ids += toks
-                trained += [is_answer] * len(toks)
+                turn += [label] * len(toks)
         at = end
-    return np.asarray(ids, np.int32), np.asarray(trained, np.bool_)
+    return np.asarray(ids, np.int32), np.asarray(turn, np.int32)
+
+
+def encode_conversations(
+    tok, rendered: list[tuple[str, list[tuple[int, int]]]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Token ids of rendered conversations and, per token, the index of the assistant span it is in (-1: none).
+
+    ``rendered`` holds ``(text, spans)`` pairs from :func:`assistant_spans`. The whole text is tokenised
+    once (as inference sees it) and tokens are assigned to spans by their character offsets; no extra
+    special tokens are added, since templates spell out their own (BOS included).
+    """
+    if not rendered:
+        return []
+    if getattr(tok, "is_fast", False):
+        enc = tok([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
+        return [
+            (np.asarray(enc["input_ids"][j], np.int32), _turn_from_offsets(enc["offset_mapping"][j], spans))
+            for j, (_, spans) in enumerate(rendered)
+        ]
+    return [_encode_by_segments(tok, text, spans) for text, spans in rendered]
 
 
 def tokenize_records(
@@ -158,21 +192,13 @@ def tokenize_records(
     for r in records:
         try:
             if r.messages is not None:
-                _check_messages(r.messages)
-                try:
-                    text, spans = assistant_spans(tok, r.id, r.messages)
-                except (
-                    jinja2.TemplateError
-                ) as e:  # e.g. the template's raise_exception("roles must alternate")
-                    raise _Skip(
-                        "template_error", f"the chat template refused this conversation: {e}"
-                    ) from None
+                text, spans = render_chat(tok, r.id, r.messages)
                 rendered.append((r.id, text, spans))
             elif r.text and r.text.strip():
                 rendered.append((r.id, r.text, None))
             else:
-                raise _Skip("empty_record", "neither messages nor text")
-        except _Skip as s:
+                raise SkipExample("empty_record", "neither messages nor text")
+        except SkipExample as s:
             dropped.append(DroppedExample(r.id, s.reason, s.detail))
     if not rendered:
         return [], dropped, []
@@ -180,15 +206,8 @@ def tokenize_records(
     chats = [i for i, (_, _, spans) in enumerate(rendered) if spans is not None]
     texts = [i for i, (_, _, spans) in enumerate(rendered) if spans is None]
     encoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    # Templates spell out their special tokens (BOS included), so no extra ones are added to chats.
-    if chats and getattr(tok, "is_fast", False):
-        enc = tok([rendered[i][1] for i in chats], add_special_tokens=False, return_offsets_mapping=True)
-        for j, i in enumerate(chats):
-            ids = np.asarray(enc["input_ids"][j], np.int32)
-            encoded[i] = (ids, _label_from_offsets(enc["offset_mapping"][j], rendered[i][2]))
-    elif chats:
-        for i in chats:
-            encoded[i] = _encode_by_segments(tok, rendered[i][1], rendered[i][2])
+    for i, (ids, turn) in zip(chats, encode_conversations(tok, [rendered[i][1:] for i in chats]), strict=True):
+        encoded[i] = (ids, turn >= 0)
     if texts:
         enc = tok([rendered[i][1] for i in texts], add_special_tokens=True)
         for j, i in enumerate(texts):

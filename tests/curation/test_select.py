@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -307,3 +308,80 @@ def test_rows_without_a_score_rank_last_and_a_missing_column_is_an_error() -> No
         select(groups(), rank_by="task_type")
     with pytest.raises(ValidationError):
         SelectConfig(rank_by=[])
+
+
+def with_ifd(values: dict[str, float | None]) -> list[Record]:
+    """groups() with an ifd per variant (v0/v1/v2), and the two losses a real IFD scorer writes."""
+    rows = groups()
+    for r in rows:
+        v = values[r.id[-1]]
+        r.attrs["ifd"] = v
+        if v is not None:
+            r.attrs["ifd_loss_given_instruction"] = 2.0 + math.log(v)
+            r.attrs["ifd_loss_answer_only"] = 2.0
+    return rows
+
+
+@pytest.mark.parametrize("method", ["score_first", "kcenter", "random"])
+def test_misaligned_rows_are_dropped_whatever_the_method(method) -> None:
+    rows = with_ifd({"0": 1.3, "1": 0.4, "2": 0.8})  # v0 answers do not follow from their instructions
+    kept, dropped, stats = select(rows, method=method, similarity_threshold=0.99, budget=8, rank_by="ifd")
+    assert len(kept) == 8 and not any(r.id.endswith("v0") for r in kept)
+    mis = [d for d in dropped if d.reason == "misaligned"]
+    assert sorted(d.record.id for d in mis) == [f"t{t}v0" for t in range(5)]
+    assert mis[0].detail.startswith("ifd 1.300 >= 1: the instruction does not help predict the answer")
+    assert "(answer loss 2.262 nats/token with the instruction, 2.000 without)" in mis[0].detail
+    assert stats.extra["misaligned"] == 5
+    assert stats.rows_in == stats.rows_out + stats.rows_dropped
+
+
+def test_the_misaligned_threshold_is_configurable_and_can_be_off() -> None:
+    rows = with_ifd({"0": 1.3, "1": 0.4, "2": 0.8})
+    kept, _, stats = select(rows, similarity_threshold=0.99, rank_by="ifd", misaligned_ifd=None)
+    assert stats.extra["misaligned"] == 0 and len(kept) == 15
+    _, dropped, stats = select(rows, similarity_threshold=0.99, rank_by="ifd", misaligned_ifd=0.75)
+    assert stats.extra["misaligned"] == 10 and {d.reason for d in dropped} == {"misaligned"}
+    # rows without an ifd are never misaligned (and a run without the ifd scorer is unaffected)
+    kept, _, stats = select(with_ifd({"0": None, "1": 0.4, "2": 0.8}), similarity_threshold=0.99)
+    assert stats.extra["misaligned"] == 0 and len(kept) == 15
+    kept, _, stats = select(groups(), similarity_threshold=0.99)
+    assert stats.extra["misaligned"] == 0 and "ifd" not in stats.extra
+
+
+def test_random_selection_is_seeded_and_ignores_rank_and_similarity() -> None:
+    rows = groups()
+    a, _, _ = select(rows, method="random", budget=6, similarity_threshold=0.5)
+    b, dropped, stats = select(rows, method="random", budget=6, similarity_threshold=0.5)
+    c, _, _ = select(rows, method="random", budget=6, similarity_threshold=0.5, seed=7)
+    assert len(a) == 6 and [r.id for r in a] == [r.id for r in b] != [r.id for r in c]
+    assert {d.reason for d in dropped} == {"not_selected"} and stats.extra["method"] == "random"
+    everything, _, _ = select(rows, method="random", similarity_threshold=0.5)  # no budget: every row
+    assert len(everything) == 15
+
+
+def test_an_unscored_row_names_why_in_the_ledger() -> None:
+    rows = with_ifd({"0": None, "1": 0.4, "2": 0.8})
+    for r in rows:
+        if r.id.endswith("v0"):
+            r.attrs["ifd_note"] = "empty_answer: message 1 is an empty assistant turn"
+    _, dropped, _ = select(rows, similarity_threshold=0.99, budget=10, rank_by="ifd")
+    unscored = [d for d in dropped if d.record.id.endswith("v0")]
+    assert len(unscored) == 5
+    assert unscored[0].detail.startswith(
+        "no score (ifd empty; ifd_note: empty_answer: message 1 is an empty assistant turn)"
+    )
+
+
+def test_ifd_figures_before_and_after_selection_with_examples() -> None:
+    rows = with_ifd({"0": 1.3, "1": 0.4, "2": 0.05})
+    rows[3].attrs.update(ifd=None, ifd_loss_given_instruction=None, ifd_loss_answer_only=None)
+    _, _, stats = select(rows, similarity_threshold=0.99, budget=4, rank_by="ifd")
+    f = stats.extra["ifd"]
+    assert f["threshold"] == 1.0 and f["unscored"] == 1
+    assert f["before"]["rows"] == 14 and sum(f["before"]["histogram"]) == 14
+    assert f["after"]["rows"] == 4 and f["after"]["histogram"][4] == 4  # the four kept v1 rows: 0.4
+    assert f["before"]["histogram"][13] == 4 and len(f["edges"]) == len(f["before"]["histogram"]) + 1
+    assert [e["ifd"] for e in f["examples"]["misaligned"]] == [1.3, 1.3, 1.3]
+    assert [e["ifd"] for e in f["examples"]["lowest"]] == [0.05, 0.05, 0.05]
+    assert [e["ifd"] for e in f["examples"]["highest_kept"]] == [0.4, 0.4, 0.4]
+    assert f["examples"]["lowest"][0]["instruction"] and f["examples"]["lowest"][0]["answer"] == "ok"

@@ -25,6 +25,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     no_experiment = d / "plain.yaml"
     no_experiment.write_text(yaml.safe_dump({"name": "plain", "sources": [str(good)]}))
     (d / "not_a_run").mkdir()
+    (d / "half_run" / "curate" / "00_ingest").mkdir(parents=True)  # curation started, never finished
     return {"d": d, "good": good, "recipe": recipe, "plain": no_experiment}
 
 
@@ -60,7 +61,13 @@ def _cases(f: dict[str, Path]) -> list[tuple[list[str], str]]:
         (["run", "--recipe", str(f["recipe"]), "--local", "--out", out], "stages[0].dedup.threshold"),
         (["demo", "--set", "train.method=magic", "--local"], "train.method"),
         (["experiment", "--recipe", str(f["plain"])], "no `experiment:` section"),
+        (["experiment", "--recipe", str(f["plain"]), "--search", "lr"], "the only search is `replay`"),
+        (["experiment", "--recipe", str(f["plain"]), "--search", "replay"], "no general-data pool"),
         (["report", str(d / "no-run")], "no-run: no such run folder"),
+        (["export", str(d / "not_a_run")], "not_a_run: not an sftflow run folder"),
+        (["export", str(d / "half_run")], "half_run: its curation did not finish"),
+        (["export", str(d / "not_a_run"), "--push-to-hub", "no-owner"], "push_to_hub: Value error, expected owner/name"),
+        (["export", str(d / "not_a_run"), "--format", "csv"], "format"),
         (["serve", "--recipe", str(d / "nope.yaml")], "nope.yaml: recipe file not found"),
         (["curate-sharded", "--recipe", str(f["recipe"])], "stages[0].dedup.threshold"),
     ]

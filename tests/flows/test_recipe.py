@@ -79,3 +79,26 @@ def test_override_values_are_typed():
 def test_shipped_recipes_validate():
     for path in sorted((REPO / "configs").rglob("*.yaml")):
         load_recipe(path)  # raises with the file and key on any problem
+
+
+def test_extends_merges_over_a_recipe_in_the_same_folder(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(
+        {"name": "base", "train": {"model": "tiny-random-llama", "lr": 0.003, "max_steps": 40},
+         "gate": {"on_regressed": "fail", "on_inconclusive": "warn"}}))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump(
+        {"extends": "base.yaml", "name": "child", "gate": {"on_regressed": "warn"},
+         "experiment": {"ratios": [0.0, 0.1]}}))
+    r = load_recipe(tmp_path / "child.yaml", ["train.max_steps=5"])
+    assert r.name == "child" and r.train == {"model": "tiny-random-llama", "lr": 0.003, "max_steps": 5}
+    assert (r.gate.on_regressed, r.gate.on_inconclusive) == ("warn", "warn") and r.experiment.ratios == [0.0, 0.1]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.yaml").write_text("extends: ../base.yaml\n")
+    with pytest.raises(ConfigError, match="same folder"):
+        load_recipe(tmp_path / "sub" / "c.yaml")
+
+
+def test_the_replay_recipe_is_the_forget_recipe_as_written():
+    forget = load_recipe(Path(__file__).parents[2] / "configs/experiments/forget.yaml")
+    replay = load_recipe(Path(__file__).parents[2] / "configs/experiments/replay.yaml")
+    assert replay.train == forget.train and replay.stages == forget.stages and replay.eval == forget.eval
+    assert replay.experiment.ratios == [0.0, 0.1, 0.3]

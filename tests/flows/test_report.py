@@ -81,8 +81,8 @@ def test_every_section_shows_the_runs_numbers(full_run):
     summary = json.loads((full_run / "curate" / "summary.json").read_text())
     assert SECTION_FAILED not in html
     for sid, _ in SECTIONS:
-        if sid == "replay":  # only experiment runs have one (tests/flows/test_experiments.py)
-            assert 'id="replay"' not in html
+        if sid in ("replay", "arms", "curation", "ifd"):  # only experiment runs / runs that scored IFD
+            assert f'id="{sid}"' not in html
             continue
         assert "not run" not in section(html, sid), sid
     funnel = section(html, "funnel")
@@ -262,3 +262,30 @@ def test_unexpected_figures_never_break_the_report(tmp_path, tmp_path_factory, m
     # a verdict.json that is not a valid verdict is named in one line, the rest of the report still renders
     assert "not a valid verdict" in section(html, "eval")
     assert SECTION_FAILED not in html
+
+
+def test_ifd_section_before_after_selection_with_examples(tmp_path, monkeypatch):
+    """A run that scored IFD (tiny random model: its IFDs sit around 1, so some rows are misaligned)."""
+    import flows  # noqa: F401  (registers the ifd scorer)
+
+    monkeypatch.setenv("SFTFLOW_HISTORY_DIR", str(tmp_path / "history"))
+    monkeypatch.setenv("SFTFLOW_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "ifd-20260101-000000"
+    stages = [("score", {"ifd": {"model": "tiny-random-llama", "max_length": 256}}),
+              ("select", {"budget": 20, "rank_by": "ifd", "embeddings": "hashing"})]
+    summary = curate([str(DEMO / "instructions_en.jsonl")], stages, run / "curate")
+    write_json(run / "run.json", {"recipe": {"name": "ifd", "stages": [{n: c} for n, c in stages]},
+                                  "curate": summary})
+    html = build_report(run).read_text(encoding="utf-8")
+    sec = section(html, "ifd")
+    figures = json.loads((run / "curate" / "02_select" / "stats.json").read_text())["extra"]
+    f = figures["ifd"]
+    assert f["after"]["rows"] == 20 and figures["misaligned"] > 0
+    assert "before selection" in sec and "after selection" in sec and "fig-" in sec
+    assert f"{figures['misaligned']:,}" in sec
+    for kind in ("lowest", "highest_kept", "misaligned"):
+        assert f["examples"][kind][0]["id"] in sec
+    assert "Dropped as misaligned" in sec
+    ledger = pq.read_table(run / "curate" / "ledger.parquet").to_pylist()
+    assert sum(r["reason"] == "misaligned" for r in ledger) == figures["misaligned"]
+
