@@ -376,6 +376,9 @@ def experiment(
             replay_setup(r)  # a missing general pool is one line now, not after curation
         except SftflowError as e:
             raise UserError(f"{recipe}: {e}") from None
+    from flows.server import own_ephemeral_server
+
+    own_ephemeral_server()  # watched: a killed experiment leaves no Prefect server behind
     cmd = " ".join(["sftflow experiment --recipe", str(recipe), *[f"--set {s}" for s in sets]]
                    + (["--search", search] if search else []))
     if search is None and r.experiment is not None and r.experiment.kind == "curation":

@@ -129,3 +129,31 @@ def test_watchdog_stops_what_it_watches_when_its_owner_dies(tmp_path):
         for pid in (child, guard):
             if pid and _running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_every_flow_running_command_starts_the_watched_server(tmp_path, monkeypatch):
+    """`sftflow experiment` runs Prefect flows: it must start the watched server first, like `run` and `curate`
+    (a SIGTERM'd experiment once left its Prefect server running)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    import flows.experiments
+    import flows.server
+    from flows.cli import app
+
+    calls: list[str] = []
+    monkeypatch.setattr(flows.server, "own_ephemeral_server", lambda: calls.append("server"))
+
+    def fake_flow(recipe, out, command):
+        calls.append("flow")
+        return {"markdown": "done", "run_dir": str(tmp_path)}
+
+    monkeypatch.setattr(flows.experiments, "curation_flow", fake_flow)
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"instruction": "Say hi.", "output": "hi"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "r", "sources": [str(src)], "experiment": {"kind": "curation"},
+                                      "train": {"model": "tiny-random-llama"}}))
+    res = CliRunner().invoke(app, ["experiment", "--recipe", str(recipe)])
+    assert res.exit_code == 0, res.output
+    assert calls == ["server", "flow"]
